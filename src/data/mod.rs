@@ -1,0 +1,1 @@
+//! Dataset formats and the procedural visual-reasoning task.

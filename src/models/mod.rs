@@ -1,0 +1,1 @@
+//! Qwen3-VL and Qwen3-VL-MoE on libtorch.

@@ -1,0 +1,1 @@
+//! The verifiable reward: format validity, caption/reasoning split, answer matching.

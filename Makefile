@@ -9,7 +9,13 @@ CARGO = LIBTORCH="$(LIBTORCH_DIR)" cargo
 
 demo: release
 	./target/release/prism doctor
-	./target/release/prism run configs/quickstart.toml
+	@if ./target/release/prism run --help >/dev/null 2>&1; then \
+	  ./target/release/prism run configs/quickstart.toml; \
+	else \
+	  echo "make demo: the PRISM pipeline (prism run configs/quickstart.toml) is not built yet;"; \
+	  echo "only the toolchain above works so far. See README.md, Status."; \
+	  exit 1; \
+	fi
 
 test:
 	$(CARGO) build --all-targets

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "prism", version, about = "Post-train Qwen3-VL with the PRISM recipe")]
+#[command(
+    name = "prism",
+    version,
+    about = "Post-train Qwen3-VL with the PRISM recipe"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +23,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Datasets: generate the procedural task (`data synth`), sample images (`data samples`).
+    #[command(subcommand)]
+    Data(prism::data::cli::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", doctor.report());
             }
         }
+        Command::Data(cmd) => prism::data::cli::run(cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }

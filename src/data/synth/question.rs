@@ -518,20 +518,50 @@ fn random_filter<R: RngExt + ?Sized>(rng: &mut R) -> Filter {
     }
 }
 
-/// Two different filters selecting by the same attribute (so the sets are disjoint).
-fn filter_pair<R: RngExt + ?Sized>(rng: &mut R) -> (Filter, Filter) {
-    let a = random_filter(rng);
-    loop {
-        let b = random_filter(rng);
-        if b != a && a.same_kind(b) {
+/// A filter on the attribute `kind` (0 shape, 1 colour, 2 size) of a random object of the
+/// scene, so the count it selects is at least one.
+fn scene_filter<R: RngExt + ?Sized>(rng: &mut R, scene: &Scene, kind: u8) -> Filter {
+    let o = &scene.objects[rng.random_range(0..scene.objects.len())];
+    match kind {
+        0 => Filter::Shape(o.shape),
+        1 => Filter::Colour(o.colour),
+        _ => Filter::Size(o.size),
+    }
+}
+
+/// A filter that usually (three times in four) selects something present in the scene.
+fn likely_filter<R: RngExt + ?Sized>(rng: &mut R, scene: &Scene) -> Filter {
+    if rng.random_bool(0.75) {
+        let kind = rng.random_range(0..3u8);
+        scene_filter(rng, scene, kind)
+    } else {
+        random_filter(rng)
+    }
+}
+
+/// Two different filters selecting by the same attribute (so the sets are disjoint), the first
+/// always and the second usually taken from objects present in the scene.
+fn filter_pair<R: RngExt + ?Sized>(rng: &mut R, scene: &Scene) -> (Filter, Filter) {
+    let kind = match rng.random_range(0..5u8) {
+        0 | 1 => 0,
+        2 | 3 => 1,
+        _ => 2,
+    };
+    let a = scene_filter(rng, scene, kind);
+    for _ in 0..8 {
+        let b = scene_filter(rng, scene, kind);
+        if b != a {
             return (a, b);
         }
-        if matches!(a, Filter::Size(_)) {
-            let other = match a {
-                Filter::Size(Size::Small) => Size::Large,
-                _ => Size::Small,
-            };
-            return (a, Filter::Size(other));
+    }
+    loop {
+        let b = match kind {
+            0 => Filter::Shape(Shape::ALL[rng.random_range(0..Shape::ALL.len())]),
+            1 => Filter::Colour(Colour::ALL[rng.random_range(0..Colour::ALL.len())]),
+            _ => Filter::Size(Size::ALL[rng.random_range(0..Size::ALL.len())]),
+        };
+        if b != a {
+            return (a, b);
         }
     }
 }
@@ -598,11 +628,11 @@ pub fn sample_question<R: RngExt + ?Sized>(
         },
         2 => match rng.random_range(0..4u8) {
             0 => {
-                let (a, b) = filter_pair(rng);
+                let (a, b) = filter_pair(rng, scene);
                 Question::CountSum { a, b }
             }
             1 => {
-                let (a, b) = filter_pair(rng);
+                let (a, b) = filter_pair(rng, scene);
                 let (a, b) = if scene.count(a) >= scene.count(b) {
                     (a, b)
                 } else {
@@ -611,7 +641,7 @@ pub fn sample_question<R: RngExt + ?Sized>(
                 Question::CountDiff { a, b }
             }
             2 => {
-                let (a, b) = filter_pair(rng);
+                let (a, b) = filter_pair(rng, scene);
                 if scene.count(a) == scene.count(b) && rng.random_bool(0.7) {
                     return None;
                 }
@@ -621,8 +651,8 @@ pub fn sample_question<R: RngExt + ?Sized>(
         },
         _ => match rng.random_range(0..3u8) {
             0 => {
-                let (a, b) = filter_pair(rng);
-                let c = random_filter(rng);
+                let (a, b) = filter_pair(rng, scene);
+                let c = likely_filter(rng, scene);
                 if c == a || c == b {
                     return None;
                 }
@@ -632,7 +662,7 @@ pub fn sample_question<R: RngExt + ?Sized>(
                 let o = pick_unique(rng, scene, |o| {
                     o.label.as_ref().and_then(Label::digit).is_some()
                 })?;
-                let filter = random_filter(rng);
+                let filter = likely_filter(rng, scene);
                 Question::DigitTimesCount {
                     colour: o.colour,
                     shape: o.shape,

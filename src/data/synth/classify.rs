@@ -129,10 +129,10 @@ pub fn parse_caption(caption: &str) -> ParsedCaption {
             continue;
         }
         let Some(shape) = p.shape.captures(lower) else {
-            if let Some(c) = p.count.captures(lower) {
-                if let Ok(n) = c[1].parse() {
-                    out.count_claims.push(n);
-                }
+            if let Some(c) = p.count.captures(lower)
+                && let Ok(n) = c[1].parse()
+            {
+                out.count_claims.push(n);
             }
             continue;
         };

@@ -241,10 +241,16 @@ fn check_schema(path: &Path, schema: &Schema) -> Result<(), DataError> {
                     DataType::Struct(fields) => {
                         let bytes = fields.iter().find(|f| f.name() == "bytes");
                         let p = fields.iter().find(|f| f.name() == "path");
+                        // An all-null child may be typed `null` (pyarrow infers that).
                         let bytes_ok = bytes.is_none_or(|f| {
-                            matches!(f.data_type(), DataType::Binary | DataType::LargeBinary)
+                            matches!(
+                                f.data_type(),
+                                DataType::Binary | DataType::LargeBinary | DataType::Null
+                            )
                         });
-                        let path_ok = p.is_none_or(|f| is_string(f.data_type()));
+                        let path_ok = p.is_none_or(|f| {
+                            is_string(f.data_type()) || f.data_type() == &DataType::Null
+                        });
                         bytes_ok && path_ok && (bytes.is_some() || p.is_some())
                     }
                     _ => false,

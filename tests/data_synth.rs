@@ -8,6 +8,7 @@ use std::path::Path;
 use prism::data::ReadOptions;
 use prism::data::rl_parquet;
 use prism::data::sharegpt;
+use prism::data::synth::classify::classify_rl_record;
 use prism::data::synth::{
     ErrorLabel, PublicNoise, Scene, SynthConfig, classify_response, generate_items,
     public_demo_for, teacher_demo_for, write_dataset,
@@ -277,6 +278,8 @@ fn written_dataset_reads_back_through_every_format() {
         let scene = Scene::from_json(row.scene.as_deref().unwrap()).unwrap();
         let v = classify_response(&scene, target, true);
         assert_eq!(v.label, ErrorLabel::None);
+        let v = classify_rl_record(row, target, false).unwrap();
+        assert_eq!(v.label, ErrorLabel::Reasoning);
     }
     for p in &pairs.records {
         assert!(
@@ -284,6 +287,22 @@ fn written_dataset_reads_back_through_every_format() {
         );
         assert!(p.student_cot.starts_with("<think>") && p.student_cot.ends_with("</answer>"));
     }
+    // The public demos classify as labelled, row by row, from the files alone.
+    let labels_text = fs::read_to_string(dir.path().join("public_labels.jsonl")).unwrap();
+    for ((line, p), row) in labels_text
+        .lines()
+        .zip(&public.records)
+        .zip(&rl_train.records)
+    {
+        let label: serde_json::Value = serde_json::from_str(line).unwrap();
+        let target = p.target().unwrap();
+        let correct = answer_of(target) == row.ground_truth;
+        let v = classify_rl_record(row, target, correct).unwrap();
+        assert_eq!(v.label.name(), label["label"].as_str().unwrap(), "{line}");
+    }
+    let mut no_scene = rl_train.records[0].clone();
+    no_scene.scene = None;
+    assert!(classify_rl_record(&no_scene, "x", true).is_err());
     // The first line of public_labels.jsonl names the first train item.
     let labels = fs::read_to_string(dir.path().join("public_labels.jsonl")).unwrap();
     assert!(labels.lines().next().unwrap().contains("\"train-000000\""));

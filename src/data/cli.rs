@@ -89,3 +89,71 @@ pub fn run(cmd: DataCommand) -> Result<(), DataError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(subcommand)]
+        cmd: DataCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<DataCommand, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once("data").chain(args.iter().copied())).map(|w| w.cmd)
+    }
+
+    #[test]
+    fn synth_flags_parse_and_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        let cmd = parse(&[
+            "synth",
+            "--out",
+            out.to_str().unwrap(),
+            "--train",
+            "4",
+            "--eval",
+            "2",
+            "--seed",
+            "9",
+            "--difficulty",
+            "1,3",
+            "--public-perception-error-rate",
+            "0.5",
+            "--public-reasoning-error-rate",
+            "0.1",
+        ])
+        .unwrap();
+        run(cmd).unwrap();
+        let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+        let m: crate::data::synth::Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!((m.train, m.eval, m.seed), (4, 2, 9));
+        assert_eq!(m.difficulties, vec![1, 3]);
+        assert_eq!(m.public_perception_error_rate, 0.5);
+        assert_eq!(m.sha256.len(), 6 + 6);
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_with_a_reason() {
+        assert!(parse(&["synth", "--out", "x", "--train", "many"]).is_err());
+        assert!(parse(&["synth"]).is_err(), "--out is required");
+        let cmd = parse(&["synth", "--out", "unused", "--difficulty", "0"]).unwrap();
+        let err = run(cmd).unwrap_err().to_string();
+        assert!(err.contains("difficulty 0"), "{err}");
+        let cmd = parse(&[
+            "synth",
+            "--out",
+            "unused",
+            "--public-perception-error-rate",
+            "0.9",
+            "--public-reasoning-error-rate",
+            "0.2",
+        ])
+        .unwrap();
+        let err = run(cmd).unwrap_err().to_string();
+        assert!(err.contains("more than 1"), "{err}");
+    }
+}

@@ -128,3 +128,48 @@ pub fn sha256_file(path: &Path) -> Result<String, DataError> {
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_atomic_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.txt");
+        atomic_write_bytes(&path, b"old").unwrap();
+        let err = atomic_write(&path, |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::other("disk on fire"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("f.txt") && err.to_string().contains("disk on fire"));
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        atomic_write_bytes(&dir.path().join("sub/dir/g.txt"), b"new").unwrap();
+        assert_eq!(fs::read(dir.path().join("sub/dir/g.txt")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn lines_are_numbered_from_one_blank_lines_skipped_and_bad_utf8_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        fs::write(&path, b"a\n\n  \nb\r\n\xff\xfe\nc").unwrap();
+        let mut seen = Vec::new();
+        for_each_line(&path, |n, line| {
+            seen.push((n, line.map(str::to_string)));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[0], (1, Ok("a".to_string())));
+        assert_eq!(seen[1], (4, Ok("b".to_string())));
+        assert_eq!(seen[2].0, 5);
+        assert!(seen[2].1.as_ref().unwrap_err().contains("UTF-8"));
+        assert_eq!(seen[3], (6, Ok("c".to_string())));
+    }
+}

@@ -256,6 +256,21 @@ pub fn classify_response(scene: &Scene, response: &str, answer_correct: bool) ->
     }
 }
 
+/// [`classify_response`] for a row of the RL parquet: reads the scene from its `scene` column.
+/// Fails, with a reason, when the row has no scene or the scene does not parse.
+pub fn classify_rl_record(
+    record: &crate::data::rl_parquet::RlRecord,
+    response: &str,
+    answer_correct: bool,
+) -> Result<Verdict, String> {
+    let text = record
+        .scene
+        .as_deref()
+        .ok_or("the row has no `scene` (not a synthetic item)")?;
+    let scene = Scene::from_json(text).map_err(|e| format!("`scene`: {e}"))?;
+    Ok(classify_response(&scene, response, answer_correct))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +339,10 @@ mod tests {
             assert_eq!(v.label, ErrorLabel::Perception, "{bad}");
             assert!(!v.problems.is_empty());
         }
+        // A format-invalid response still has its caption read (first block anywhere).
+        let r = "thinking... <caption>red circle at top left showing 7; red circle at center</caption> 3";
+        let v = classify_response(&scene(), r, false);
+        assert_eq!(v.label, ErrorLabel::Reasoning, "{:?}", v.problems);
         let v = classify_response(&scene(), "no blocks at all", true);
         assert_eq!(v.label, ErrorLabel::Perception);
         assert!(!v.caption_found);

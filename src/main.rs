@@ -23,6 +23,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Datasets: generate the procedural task (`data synth`), sample images (`data samples`).
+    #[command(subcommand)]
+    Data(prism::data::cli::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", doctor.report());
             }
         }
+        Command::Data(cmd) => prism::data::cli::run(cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -628,8 +628,7 @@ async fn scoring_phase(
         if outcomes.len() != rollouts.len() {
             return Err(invariant(&p, format!("reward returned {} outcomes for {} rollouts", outcomes.len(), rollouts.len())));
         }
-        let by_uid: BTreeMap<u64, Arc<PromptItem>> =
-            gb.prompts.iter().map(|q| (q.uid, Arc::new(q.clone()))).collect();
+        let by_uid: BTreeMap<u64, &PromptItem> = gb.prompts.iter().map(|q| (q.uid, q)).collect();
         let mut samples: Vec<ScoredSample> = rollouts
             .iter()
             .zip(outcomes)

@@ -2,8 +2,6 @@
 //! uids), never tensors, so they could cross a process boundary later without redesign.
 //! Weights travel as a versioned [`WeightsSnapshot`] of named CPU buffers.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 /// One prompt of the dataset. `uid` is unique within an epoch; it identifies the group of the
@@ -94,7 +92,7 @@ pub struct RewardOutcome {
 /// One rollout with everything the learner needs and where each number came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredSample {
-    pub prompt: Arc<PromptItem>,
+    pub prompt: PromptItem,
     pub rollout: Rollout,
     pub reward: RewardOutcome,
     /// Perception-expert score of the caption (alignment only).

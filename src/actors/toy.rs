@@ -591,7 +591,7 @@ mod tests {
         let samples = rs
             .iter()
             .map(|r| super::super::messages::ScoredSample {
-                prompt: Arc::new(ps[r.prompt_uid as usize].clone()),
+                prompt: ps[r.prompt_uid as usize].clone(),
                 rollout: r.clone(),
                 reward: TokenReward.evaluate(&ps[r.prompt_uid as usize], r).unwrap(),
                 caption_score: None,

@@ -33,7 +33,11 @@ fn run(rt: &tokio::runtime::Runtime, steps: u64, staleness: u64, sync: bool) -> 
         ..ToyOptions::default()
     });
     let spec = StageSpec {
-        name: if sync { "sync".into() } else { format!("staleness{staleness}") },
+        name: if sync {
+            "sync".into()
+        } else {
+            format!("staleness{staleness}")
+        },
         kind: StageKind::Align,
         steps,
         prompts_per_step: 4,
@@ -62,15 +66,15 @@ fn print(label: &str, r: &StageReport) {
     let s = &r.steps;
     let n = (s.len() - 1) as f64;
     let step_time = (s[s.len() - 1].done_at_secs - s[0].done_at_secs) / n;
-    let gen = s[1..].iter().map(|x| x.gen_secs).sum::<f64>() / n;
+    let gen_s = s[1..].iter().map(|x| x.gen_secs).sum::<f64>() / n;
     let learn = s[1..].iter().map(|x| x.learn_secs).sum::<f64>() / n;
     println!(
         "{label:<14} steps/s {:>6.2}   step {:>6.1} ms   gen {:>5.1} ms   learn {:>5.1} ms   overlap efficiency {:.2}   max staleness {}",
         1.0 / step_time,
         step_time * 1e3,
-        gen * 1e3,
+        gen_s * 1e3,
         learn * 1e3,
-        gen.max(learn) / step_time,
+        gen_s.max(learn) / step_time,
         r.max_staleness().unwrap_or(0)
     );
     let busy: Vec<String> = r
@@ -103,5 +107,8 @@ fn main() {
         let s = &r.steps;
         (s.len() - 1) as f64 / (s[s.len() - 1].done_at_secs - s[0].done_at_secs)
     };
-    println!("speed-up of max_staleness=1 over sync: {:.2}x", sp(&async1) / sp(&sync));
+    println!(
+        "speed-up of max_staleness=1 over sync: {:.2}x",
+        sp(&async1) / sp(&sync)
+    );
 }

@@ -79,7 +79,11 @@ pub fn describe_all() {
         Unit::Seconds,
         "Seconds the actor has spent inside engine compute"
     );
-    describe_histogram!(ACTOR_JOB_SECONDS, Unit::Seconds, "Duration of each engine call");
+    describe_histogram!(
+        ACTOR_JOB_SECONDS,
+        Unit::Seconds,
+        "Duration of each engine call"
+    );
     describe_gauge!(
         QUEUE_DEPTH,
         Unit::Count,
@@ -121,13 +125,21 @@ pub fn describe_all() {
         Unit::Count,
         "Requests that passed their deadline (actor reported stuck)"
     );
-    describe_counter!(FAULTS_INJECTED_TOTAL, Unit::Count, "Faults injected by config");
+    describe_counter!(
+        FAULTS_INJECTED_TOTAL,
+        Unit::Count,
+        "Faults injected by config"
+    );
     describe_gauge!(
         POLICY_VERSION,
         Unit::Count,
         "Latest policy version published by the learner"
     );
-    describe_histogram!(STEP_SECONDS, Unit::Seconds, "Wall seconds per training step");
+    describe_histogram!(
+        STEP_SECONDS,
+        Unit::Seconds,
+        "Wall seconds per training step"
+    );
     describe_counter!(STEPS_TOTAL, Unit::Count, "Training steps completed");
     describe_counter!(
         TEACHER_CACHE_HITS_TOTAL,

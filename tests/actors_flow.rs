@@ -43,8 +43,17 @@ async fn alignment_steps_flow_through_every_actor() {
     assert_eq!(probe.trained.lock().unwrap().clone(), report.processed);
     assert!(report.max_staleness().unwrap() <= 1);
     // The teacher was asked once per prompt; experts were updated against its demos.
-    assert_eq!(probe.teacher_calls.load(std::sync::atomic::Ordering::Relaxed), 6);
-    let updated = report.steps.iter().filter(|s| s.perception.is_some()).count();
+    assert_eq!(
+        probe
+            .teacher_calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    let updated = report
+        .steps
+        .iter()
+        .filter(|s| s.perception.is_some())
+        .count();
     assert!(updated >= 1, "{:?}", report.steps);
     let ckpts = hook.seen.lock().unwrap();
     assert_eq!(ckpts.len(), 1);
@@ -52,12 +61,30 @@ async fn alignment_steps_flow_through_every_actor() {
     assert_eq!(ckpts[0].policy.as_ref().unwrap().version, 3);
     assert_eq!(
         ckpts[0].perception.as_ref().map(|w| w.version).unwrap_or(0),
-        report.steps.iter().filter(|s| s.perception.is_some()).count() as u64
+        report
+            .steps
+            .iter()
+            .filter(|s| s.perception.is_some())
+            .count() as u64
     );
     // Every compute actor did work on its own thread and reports a busy ratio.
-    for a in ["generator-0", "learner", "reward", "teacher-client", "perception-expert", "reasoning-expert"] {
-        let b = report.busy.iter().find(|b| b.actor == a).unwrap_or_else(|| panic!("{a} idle"));
-        assert!(b.ratio > 0.0 && b.ratio <= 1.0 && b.device == "cpu", "{b:?}");
+    for a in [
+        "generator-0",
+        "learner",
+        "reward",
+        "teacher-client",
+        "perception-expert",
+        "reasoning-expert",
+    ] {
+        let b = report
+            .busy
+            .iter()
+            .find(|b| b.actor == a)
+            .unwrap_or_else(|| panic!("{a} idle"));
+        assert!(
+            b.ratio > 0.0 && b.ratio <= 1.0 && b.device == "cpu",
+            "{b:?}"
+        );
     }
 }
 
@@ -105,7 +132,12 @@ async fn generation_runs_ahead_up_to_the_bound() {
     .await
     .unwrap();
     // With a slow learner, generation overlaps it and uses older weights, never beyond 2.
-    assert_eq!(report.max_staleness(), Some(2), "{:?}", report.staleness_counts);
+    assert_eq!(
+        report.max_staleness(),
+        Some(2),
+        "{:?}",
+        report.staleness_counts
+    );
     each_once(&report.processed, 6);
 }
 
@@ -171,7 +203,12 @@ async fn injected_failures_are_recovered_and_every_prompt_trained_once() {
         ("reward", 1),
         ("learner", 1),
     ] {
-        assert_eq!(report.restarts.get(a), Some(&n), "{a}: {:?}", report.restarts);
+        assert_eq!(
+            report.restarts.get(a),
+            Some(&n),
+            "{a}: {:?}",
+            report.restarts
+        );
     }
     // The learner restored its last published version: no step lost or doubled.
     assert_eq!(report.policy_version, 4);
@@ -225,8 +262,14 @@ async fn an_always_stuck_actor_ends_the_run_with_its_name_and_a_checkpoint() {
     assert!(t0.elapsed() < Duration::from_secs(15), "no silent hang");
     assert_eq!(err.actor(), Some("learner"), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("learner") && msg.contains("stuck") && msg.contains("learn"), "{msg}");
-    assert!(matches!(err, StageError::GaveUp { failures: 2, .. }), "{err:?}");
+    assert!(
+        msg.contains("learner") && msg.contains("stuck") && msg.contains("learn"),
+        "{msg}"
+    );
+    assert!(
+        matches!(err, StageError::GaveUp { failures: 2, .. }),
+        "{err:?}"
+    );
     let ckpts = hook.seen.lock().unwrap();
     assert!(matches!(&ckpts[0].reason, CheckpointReason::Failed(m) if m.contains("learner")));
     // Step 0 was trained before the learner started hanging: resume from prompt 1.

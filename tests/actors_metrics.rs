@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -40,7 +44,9 @@ async fn scrape_returns_prism_metrics() {
     )
     .await
     .unwrap();
-    let body = tokio::task::spawn_blocking(move || scrape(addr)).await.unwrap();
+    let body = tokio::task::spawn_blocking(move || scrape(addr))
+        .await
+        .unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for name in [
         "prism_actor_busy_ratio{",
@@ -62,7 +68,10 @@ async fn scrape_returns_prism_metrics() {
         .lines()
         .find(|l| l.starts_with("prism_actor_busy_ratio{") && l.contains("actor=\"learner\""))
         .expect("learner busy ratio");
-    assert!(busy.contains("stage=\"align\"") && busy.contains("device=\"cpu\""), "{busy}");
+    assert!(
+        busy.contains("stage=\"align\"") && busy.contains("device=\"cpu\""),
+        "{busy}"
+    );
     let restarts = body
         .lines()
         .find(|l| l.starts_with("prism_actor_restarts_total{") && l.contains("actor=\"reward\""))

@@ -55,20 +55,32 @@ fn signal_child() {
     assert!(report.interrupted);
     assert!(report.steps_done < 500);
     let code = prism::actors::exit_code(&Ok(report));
-    assert_eq!(format!("{code:?}"), format!("{:?}", std::process::ExitCode::SUCCESS));
+    assert_eq!(
+        format!("{code:?}"),
+        format!("{:?}", std::process::ExitCode::SUCCESS)
+    );
 }
 
 #[test]
 fn sigterm_checkpoints_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "signal_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "signal_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_ENV, dir.path())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
     while !dir.path().join("ready").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "child never got ready");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "child never got ready"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Let it train a few steps, then ask it to stop.
@@ -83,7 +95,7 @@ fn sigterm_checkpoints_and_exits_zero() {
     let steps: u64 = parts[1].parse().unwrap();
     let cursor: u64 = parts[2].parse().unwrap();
     let version: u64 = parts[3].parse().unwrap();
-    assert!(steps >= 1 && steps < 500, "{ckpt}");
+    assert!((1..500).contains(&steps), "{ckpt}");
     // Exactly the trained prompts are behind the cursor, and the weights match the steps.
     assert_eq!(cursor, steps * 2);
     assert_eq!(version, steps);

@@ -223,7 +223,10 @@ mod tests {
         assert_eq!(name1, name2);
         assert_eq!(t.run(|c| Ok(c.0)).await.unwrap(), 2);
         assert!(meter.busy_secs() >= 0.02 && meter.jobs() == 3);
-        let e = t.run(|_| Err::<(), _>("bad input".into())).await.unwrap_err();
+        let e = t
+            .run(|_| Err::<(), _>("bad input".into()))
+            .await
+            .unwrap_err();
         assert_eq!(e, ComputeError::Engine("bad input".into()));
         let e = t
             .run(|_| -> EngineResult<()> { panic!("kaboom") })

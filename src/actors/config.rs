@@ -52,7 +52,9 @@ impl FromStr for DeviceSpec {
                 .map(DeviceSpec::Cuda)
                 .map_err(|_| format!("bad CUDA index in device {s:?} (expected cuda:N)"));
         }
-        Err(format!("unknown device {s:?} (expected \"cpu\" or \"cuda:N\")"))
+        Err(format!(
+            "unknown device {s:?} (expected \"cpu\" or \"cuda:N\")"
+        ))
     }
 }
 
@@ -257,7 +259,14 @@ impl ActorsConfig {
             .map(generator_name)
             .collect();
         names.extend(
-            [TEACHER, PERCEPTION_EXPERT, REASONING_EXPERT, REWARD, LEARNER].map(String::from),
+            [
+                TEACHER,
+                PERCEPTION_EXPERT,
+                REASONING_EXPERT,
+                REWARD,
+                LEARNER,
+            ]
+            .map(String::from),
         );
         names
     }
@@ -383,7 +392,10 @@ mod tests {
             hang_secs: 1.0,
         });
         let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("actors.faults.rules[0].actor") && e.contains("generator-7"), "{e}");
+        assert!(
+            e.contains("actors.faults.rules[0].actor") && e.contains("generator-7"),
+            "{e}"
+        );
         let mut cfg = ActorsConfig::default();
         cfg.deadlines.learn_secs = -1.0;
         let e = cfg.validate().unwrap_err().to_string();

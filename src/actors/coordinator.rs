@@ -256,14 +256,24 @@ async fn both<A, B>(sync: bool, a: impl Future<Output = A>, b: impl Future<Outpu
     }
 }
 
-fn check_spec(cfg: &ActorsConfig, spec: &StageSpec, engines: &Engines, n_prompts: usize) -> Result<u64, StageError> {
+fn check_spec(
+    cfg: &ActorsConfig,
+    spec: &StageSpec,
+    engines: &Engines,
+    n_prompts: usize,
+) -> Result<u64, StageError> {
     cfg.validate()?;
     let name = &spec.name;
     if spec.prompts_per_step == 0 || spec.samples_per_prompt == 0 {
-        return Err(setup(name, "prompts_per_step and samples_per_prompt must be at least 1"));
+        return Err(setup(
+            name,
+            "prompts_per_step and samples_per_prompt must be at least 1",
+        ));
     }
     if spec.kind == StageKind::Align
-        && (engines.teacher.is_none() || engines.perception.is_none() || engines.reasoning.is_none())
+        && (engines.teacher.is_none()
+            || engines.perception.is_none()
+            || engines.reasoning.is_none())
     {
         return Err(setup(
             name,
@@ -273,7 +283,10 @@ fn check_spec(cfg: &ActorsConfig, spec: &StageSpec, engines: &Engines, n_prompts
     if spec.start_cursor > n_prompts {
         return Err(setup(
             name,
-            format!("start_cursor {} is past the {n_prompts} prompts", spec.start_cursor),
+            format!(
+                "start_cursor {} is past the {n_prompts} prompts",
+                spec.start_cursor
+            ),
         ));
     }
     let available = ((n_prompts - spec.start_cursor) / spec.prompts_per_step) as u64;
@@ -335,11 +348,17 @@ pub async fn run_stage(
     .await
     .map_err(|e| setup(&spec.name, format!("cannot start the supervisor: {e}")))?;
     let ready = sup
-        .call(SupervisorMsg::Ready, Some(config::secs(cfg.deadlines.restart_secs)))
+        .call(
+            SupervisorMsg::Ready,
+            Some(config::secs(cfg.deadlines.restart_secs)),
+        )
         .await;
     let ready = match ready {
         Ok(ractor::rpc::CallResult::Success(r)) => r,
-        _ => Err(setup(&spec.name, "actors did not start within deadlines.restart_secs")),
+        _ => Err(setup(
+            &spec.name,
+            "actors did not start within deadlines.restart_secs",
+        )),
     };
     if let Err(e) = ready {
         ctx.stopping.store(true, Ordering::SeqCst);
@@ -369,7 +388,10 @@ pub async fn run_stage(
     let (tx1, rx1) = mpsc::channel(cap);
     let (tx2, rx2) = mpsc::channel(cap);
     let phases = [
-        tokio::spawn(guard(pipe.clone(), generation_phase(pipe.clone(), tx1, shutdown.clone()))),
+        tokio::spawn(guard(
+            pipe.clone(),
+            generation_phase(pipe.clone(), tx1, shutdown.clone()),
+        )),
         tokio::spawn(guard(pipe.clone(), scoring_phase(pipe.clone(), rx1, tx2))),
         tokio::spawn(guard(pipe.clone(), learning_phase(pipe.clone(), rx2))),
     ];
@@ -382,7 +404,10 @@ pub async fn run_stage(
             tokio::time::sleep(d).await;
             ctx.fail(StageError::Invariant {
                 stage: ctx.stage.clone(),
-                msg: format!("in-flight steps did not drain within {} s of the shutdown signal", d.as_secs_f64()),
+                msg: format!(
+                    "in-flight steps did not drain within {} s of the shutdown signal",
+                    d.as_secs_f64()
+                ),
             });
         })
     };
@@ -480,7 +505,11 @@ fn queue_depth<T>(p: &Pipe, queue: &str, tx: &mpsc::Sender<T>) {
 fn gate_deadline(cfg: &ActorsConfig) -> Duration {
     let d = &cfg.deadlines;
     config::secs(
-        d.generate_secs + d.teacher_secs + d.reward_secs + d.score_secs + d.bt_step_secs
+        d.generate_secs
+            + d.teacher_secs
+            + d.reward_secs
+            + d.score_secs
+            + d.bt_step_secs
             + d.learn_secs
             + 2.0 * d.restart_secs,
     )
@@ -547,8 +576,16 @@ async fn fetch_demos(p: Arc<Pipe>, prompts: Arc<Vec<PromptItem>>) -> Result<Vec<
         TeacherMsg::Demonstrate(prompts.clone(), r)
     })
     .await?;
-    if demos.len() != prompts.len() || demos.iter().zip(prompts.iter()).any(|(d, q)| d.prompt_uid != q.uid) {
-        return Err(invariant(&p, format!("{TEACHER} returned demonstrations for the wrong prompts")));
+    if demos.len() != prompts.len()
+        || demos
+            .iter()
+            .zip(prompts.iter())
+            .any(|(d, q)| d.prompt_uid != q.uid)
+    {
+        return Err(invariant(
+            &p,
+            format!("{TEACHER} returned demonstrations for the wrong prompts"),
+        ));
     }
     Ok(demos)
 }
@@ -608,8 +645,20 @@ async fn scoring_phase(
     if align {
         let (pv, rv) = both(
             false,
-            call(&p.ctx, expert(&p, true), "version", config::secs(d.score_secs), ExpertMsg::Version),
-            call(&p.ctx, expert(&p, false), "version", config::secs(d.score_secs), ExpertMsg::Version),
+            call(
+                &p.ctx,
+                expert(&p, true),
+                "version",
+                config::secs(d.score_secs),
+                ExpertMsg::Version,
+            ),
+            call(
+                &p.ctx,
+                expert(&p, false),
+                "version",
+                config::secs(d.score_secs),
+                ExpertMsg::Version,
+            ),
         )
         .await;
         expert_versions = (pv?, rv?);
@@ -617,16 +666,27 @@ async fn scoring_phase(
     while let Some(gb) = rx.recv().await {
         let step = gb.step;
         let rollouts = Arc::new(gb.rollouts);
-        let outcomes = call(&p.ctx, &p.roster.reward, "evaluate", config::secs(d.reward_secs), |r| {
-            RewardMsg::Evaluate {
+        let outcomes = call(
+            &p.ctx,
+            &p.roster.reward,
+            "evaluate",
+            config::secs(d.reward_secs),
+            |r| RewardMsg::Evaluate {
                 prompts: gb.prompts.clone(),
                 rollouts: rollouts.clone(),
                 reply: r,
-            }
-        })
+            },
+        )
         .await?;
         if outcomes.len() != rollouts.len() {
-            return Err(invariant(&p, format!("reward returned {} outcomes for {} rollouts", outcomes.len(), rollouts.len())));
+            return Err(invariant(
+                &p,
+                format!(
+                    "reward returned {} outcomes for {} rollouts",
+                    outcomes.len(),
+                    rollouts.len()
+                ),
+            ));
         }
         let by_uid: BTreeMap<u64, &PromptItem> = gb.prompts.iter().map(|q| (q.uid, q)).collect();
         let mut samples: Vec<ScoredSample> = rollouts
@@ -665,10 +725,10 @@ async fn scoring_phase(
             batch,
             gen_secs: gb.gen_secs,
         };
-        if p.sync {
-            if let Some((pp, rp)) = pairs.take() {
-                bt_update(&p, step, &mut expert_versions, pp, rp).await?;
-            }
+        if p.sync
+            && let Some((pp, rp)) = pairs.take()
+        {
+            bt_update(&p, step, &mut expert_versions, pp, rp).await?;
         }
         if tx.send(scored).await.is_err() {
             return Ok(());
@@ -682,7 +742,11 @@ async fn scoring_phase(
 }
 
 fn expert(p: &Pipe, perception: bool) -> &Slot<ExpertMsg> {
-    let s = if perception { &p.roster.perception } else { &p.roster.reasoning };
+    let s = if perception {
+        &p.roster.perception
+    } else {
+        &p.roster.reasoning
+    };
     s.as_ref().expect("alignment has both experts")
 }
 
@@ -702,8 +766,12 @@ async fn score_samples(p: &Pipe, samples: &mut [ScoredSample]) -> Result<(), Sta
     let (cot_idx, cots) = pick(|o| &o.reasoning);
     let (pc, rc) = both(
         p.sync,
-        call(&p.ctx, expert(p, true), "score", deadline, |r| ExpertMsg::Score(caps.clone(), r)),
-        call(&p.ctx, expert(p, false), "score", deadline, |r| ExpertMsg::Score(cots.clone(), r)),
+        call(&p.ctx, expert(p, true), "score", deadline, |r| {
+            ExpertMsg::Score(caps.clone(), r)
+        }),
+        call(&p.ctx, expert(p, false), "score", deadline, |r| {
+            ExpertMsg::Score(cots.clone(), r)
+        }),
     )
     .await;
     let (pc, rc): (ScoreReply, ScoreReply) = (pc?, rc?);
@@ -760,10 +828,12 @@ async fn bt_update(
         if pairs.is_empty() {
             return Ok(None);
         }
-        call(&p.ctx, expert(p, perception), "bt_step", deadline, |r| ExpertMsg::BtStep {
-            expected_version: ev,
-            pairs: pairs.clone(),
-            reply: r,
+        call(&p.ctx, expert(p, perception), "bt_step", deadline, |r| {
+            ExpertMsg::BtStep {
+                expected_version: ev,
+                pairs: pairs.clone(),
+                reply: r,
+            }
         })
         .await
         .map(Some)
@@ -784,7 +854,10 @@ async fn bt_update(
 }
 
 /// Phase 3: check the staleness bound, train, count every prompt as processed.
-async fn learning_phase(p: Arc<Pipe>, mut rx: mpsc::Receiver<ScoredBatch>) -> Result<(), StageError> {
+async fn learning_phase(
+    p: Arc<Pipe>,
+    mut rx: mpsc::Receiver<ScoredBatch>,
+) -> Result<(), StageError> {
     let deadline = config::secs(p.ctx.cfg.deadlines.learn_secs);
     let stage = p.spec.name.clone();
     let mut last_done = Instant::now();
@@ -796,26 +869,37 @@ async fn learning_phase(p: Arc<Pipe>, mut rx: mpsc::Receiver<ScoredBatch>) -> Re
         for s in &sb.batch.samples {
             let v = s.rollout.policy_version;
             if v > ev || ev - v > p.staleness {
-                return Err(invariant(&p, format!(
-                    "rollout of prompt {} made by policy v{v} reached the learner at v{ev} (bound {})",
-                    s.rollout.prompt_uid, p.staleness
-                )));
+                return Err(invariant(
+                    &p,
+                    format!(
+                        "rollout of prompt {} made by policy v{v} reached the learner at v{ev} (bound {})",
+                        s.rollout.prompt_uid, p.staleness
+                    ),
+                ));
             }
             max_st = max_st.max(ev - v);
             tokens += s.rollout.response_ids.len() as u64;
-            metrics::histogram!(telemetry::STALENESS, "stage" => stage.clone()).record((ev - v) as f64);
+            metrics::histogram!(telemetry::STALENESS, "stage" => stage.clone())
+                .record((ev - v) as f64);
         }
         let t0 = Instant::now();
-        let reply: StepReply = call(&p.ctx, &p.roster.learner, "learn", deadline, |r| LearnerMsg::Step {
-            expected_version: ev,
-            batch: sb.batch.clone(),
-            reply: r,
+        let reply: StepReply = call(&p.ctx, &p.roster.learner, "learn", deadline, |r| {
+            LearnerMsg::Step {
+                expected_version: ev,
+                batch: sb.batch.clone(),
+                reply: r,
+            }
         })
         .await?;
         let learn_secs = t0.elapsed().as_secs_f64();
         let n = sb.batch.samples.len();
         let mut l = lock(&p.ledger);
-        let mut uids: Vec<u64> = sb.batch.samples.iter().map(|s| s.rollout.prompt_uid).collect();
+        let mut uids: Vec<u64> = sb
+            .batch
+            .samples
+            .iter()
+            .map(|s| s.rollout.prompt_uid)
+            .collect();
         uids.dedup();
         for uid in uids {
             let c = l.processed.entry(uid).or_default();
@@ -849,8 +933,10 @@ async fn learning_phase(p: Arc<Pipe>, mut rx: mpsc::Receiver<ScoredBatch>) -> Re
         last_done = Instant::now();
         metrics::counter!(telemetry::STEPS_TOTAL, "stage" => stage.clone()).increment(1);
         metrics::histogram!(telemetry::STEP_SECONDS, "stage" => stage.clone()).record(dt);
-        metrics::gauge!(telemetry::ROLLOUTS_PER_SECOND, "stage" => stage.clone()).set(n as f64 / dt);
-        metrics::gauge!(telemetry::TOKENS_PER_SECOND, "stage" => stage.clone()).set(tokens as f64 / dt);
+        metrics::gauge!(telemetry::ROLLOUTS_PER_SECOND, "stage" => stage.clone())
+            .set(n as f64 / dt);
+        metrics::gauge!(telemetry::TOKENS_PER_SECOND, "stage" => stage.clone())
+            .set(tokens as f64 / dt);
         for a in p.ctx.actors.values() {
             a.meter.publish();
         }

@@ -65,7 +65,8 @@ pub trait RewardEngine {
 }
 
 /// Builds a policy engine for a device (called on the generator's compute thread).
-pub type PolicyFactory = Arc<dyn Fn(DeviceSpec) -> EngineResult<Box<dyn PolicyEngine>> + Send + Sync>;
+pub type PolicyFactory =
+    Arc<dyn Fn(DeviceSpec) -> EngineResult<Box<dyn PolicyEngine>> + Send + Sync>;
 /// Builds the learner engine.
 pub type LearnerFactory =
     Arc<dyn Fn(DeviceSpec) -> EngineResult<Box<dyn LearnerEngine>> + Send + Sync>;

@@ -152,7 +152,14 @@ mod tests {
         let draws: Vec<_> = (0..6).map(|_| f.draw()).collect();
         assert_eq!(
             draws,
-            vec![None, None, Some(Fault::Error), Some(Fault::Error), None, None]
+            vec![
+                None,
+                None,
+                Some(Fault::Error),
+                Some(Fault::Error),
+                None,
+                None
+            ]
         );
         // Another actor is untouched; a clone shares the counts (restarts).
         assert_eq!(FaultInjector::new(&cfg, "learner").draw(), None);

@@ -52,8 +52,7 @@ pub use coordinator::{
     run_stage,
 };
 pub use engine::{
-    EngineResult, Engines, LearnerEngine, PolicyEngine, RewardEngine, ScorerEngine,
-    TeacherBackend,
+    EngineResult, Engines, LearnerEngine, PolicyEngine, RewardEngine, ScorerEngine, TeacherBackend,
 };
 pub use errors::{ConfigError, StageError};
 pub use shutdown::{exit_code, run_stage_with_signals, shutdown_on_signals};

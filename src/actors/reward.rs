@@ -89,8 +89,15 @@ async fn evaluate(
     prompts: Arc<Vec<PromptItem>>,
     rollouts: Arc<Vec<Rollout>>,
 ) -> Result<Vec<RewardOutcome>, String> {
-    let by_uid: HashMap<u64, usize> = prompts.iter().enumerate().map(|(i, p)| (p.uid, i)).collect();
-    if let Some(r) = rollouts.iter().find(|r| !by_uid.contains_key(&r.prompt_uid)) {
+    let by_uid: HashMap<u64, usize> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.uid, i))
+        .collect();
+    if let Some(r) = rollouts
+        .iter()
+        .find(|r| !by_uid.contains_key(&r.prompt_uid))
+    {
         return Err(format!(
             "{}: rollout for unknown prompt {}",
             s.name, r.prompt_uid

@@ -29,11 +29,17 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
                 _ = int.recv() => "SIGINT",
             };
             if first {
-                tracing::warn!(signal = name, "stopping: no new prompts; finishing in-flight steps, then checkpointing");
+                tracing::warn!(
+                    signal = name,
+                    "stopping: no new prompts; finishing in-flight steps, then checkpointing"
+                );
                 t.cancel();
                 first = false;
             } else {
-                tracing::warn!(signal = name, "already stopping; still draining in-flight steps");
+                tracing::warn!(
+                    signal = name,
+                    "already stopping; still draining in-flight steps"
+                );
             }
         }
     });

@@ -471,9 +471,17 @@ impl SupervisorState {
             }
             Child::Perception | Child::Reasoning => {
                 let (factory, bus, slot) = if c == Child::Perception {
-                    (&kit.engines.perception, &kit.perception, &self.roster.perception)
+                    (
+                        &kit.engines.perception,
+                        &kit.perception,
+                        &self.roster.perception,
+                    )
                 } else {
-                    (&kit.engines.reasoning, &kit.reasoning, &self.roster.reasoning)
+                    (
+                        &kit.engines.reasoning,
+                        &kit.reasoning,
+                        &self.roster.reasoning,
+                    )
                 };
                 let args = ExpertArgs {
                     name,
@@ -625,10 +633,7 @@ impl Actor for Supervisor {
         if state.ctx.is_stopping() {
             return Ok(());
         }
-        let reason = state
-            .ctx
-            .take_kill_reason(cell.get_id())
-            .unwrap_or(reason);
+        let reason = state.ctx.take_kill_reason(cell.get_id()).unwrap_or(reason);
         state.on_child_down(c, reason, myself.get_cell()).await;
         Ok(())
     }

@@ -101,7 +101,10 @@ impl Actor for TeacherActor {
     }
 }
 
-async fn demonstrate(s: &mut TeacherState, prompts: Arc<Vec<PromptItem>>) -> Result<Vec<Demo>, String> {
+async fn demonstrate(
+    s: &mut TeacherState,
+    prompts: Arc<Vec<PromptItem>>,
+) -> Result<Vec<Demo>, String> {
     let hashes: Vec<String> = prompts.iter().map(prompt_hash).collect();
     let missing: Vec<usize> = {
         let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -110,14 +113,19 @@ async fn demonstrate(s: &mut TeacherState, prompts: Arc<Vec<PromptItem>>) -> Res
             .collect()
     };
     let hits = (prompts.len() - missing.len()) as u64;
-    metrics::counter!(telemetry::TEACHER_CACHE_HITS_TOTAL, "stage" => s.stage.clone()).increment(hits);
+    metrics::counter!(telemetry::TEACHER_CACHE_HITS_TOTAL, "stage" => s.stage.clone())
+        .increment(hits);
     metrics::counter!(telemetry::TEACHER_CACHE_MISSES_TOTAL, "stage" => s.stage.clone())
         .increment(missing.len() as u64);
     if !missing.is_empty() {
         let todo: Vec<PromptItem> = missing.iter().map(|&i| prompts[i].clone()).collect();
         let fresh = s
             .compute
-            .run(move |e| todo.iter().map(|p| e.demonstrate(p)).collect::<Result<Vec<_>, _>>())
+            .run(move |e| {
+                todo.iter()
+                    .map(|p| e.demonstrate(p))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .await
             .map_err(|e| format!("{}: demonstrate: {e}", s.name))?;
         let mut cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -79,7 +79,12 @@ pub struct ToyProbe {
 
 impl ToyProbe {
     fn built(&self, what: &str) {
-        *self.builds.lock().unwrap().entry(what.to_string()).or_default() += 1;
+        *self
+            .builds
+            .lock()
+            .unwrap()
+            .entry(what.to_string())
+            .or_default() += 1;
     }
 }
 
@@ -111,33 +116,58 @@ impl Default for ToyOptions {
 pub fn engines(opts: ToyOptions) -> (Engines, Arc<ToyProbe>) {
     let probe = Arc::new(ToyProbe::default());
     let (o, pr) = (opts.clone(), probe.clone());
-    let policy: PolicyFactory = Arc::new(move |d: DeviceSpec| -> EngineResult<Box<dyn PolicyEngine>> {
-        pr.built("policy");
-        Ok(Box::new(BigramPolicy::new(device(d), o.seed, o.generate_delay.clone(), pr.clone())))
-    });
+    let policy: PolicyFactory = Arc::new(
+        move |d: DeviceSpec| -> EngineResult<Box<dyn PolicyEngine>> {
+            pr.built("policy");
+            Ok(Box::new(BigramPolicy::new(
+                device(d),
+                o.seed,
+                o.generate_delay.clone(),
+                pr.clone(),
+            )))
+        },
+    );
     let (o, pr) = (opts.clone(), probe.clone());
-    let learner: LearnerFactory = Arc::new(move |d: DeviceSpec| -> EngineResult<Box<dyn LearnerEngine>> {
-        pr.built("learner");
-        Ok(Box::new(BigramLearner::new(device(d), o.seed, o.lr, o.learn_delay.clone(), pr.clone())?))
-    });
+    let learner: LearnerFactory = Arc::new(
+        move |d: DeviceSpec| -> EngineResult<Box<dyn LearnerEngine>> {
+            pr.built("learner");
+            Ok(Box::new(BigramLearner::new(
+                device(d),
+                o.seed,
+                o.lr,
+                o.learn_delay.clone(),
+                pr.clone(),
+            )?))
+        },
+    );
     let (o, pr) = (opts.clone(), probe.clone());
-    let scorer: ScorerFactory = Arc::new(move |d: DeviceSpec| -> EngineResult<Box<dyn ScorerEngine>> {
-        pr.built("expert");
-        Ok(Box::new(BagScorer::new(device(d), o.lr, o.score_delay.clone())?))
-    });
+    let scorer: ScorerFactory = Arc::new(
+        move |d: DeviceSpec| -> EngineResult<Box<dyn ScorerEngine>> {
+            pr.built("expert");
+            Ok(Box::new(BagScorer::new(
+                device(d),
+                o.lr,
+                o.score_delay.clone(),
+            )?))
+        },
+    );
     let (o, pr) = (opts.clone(), probe.clone());
-    let teacher: TeacherFactory = Arc::new(move |_d: DeviceSpec| -> EngineResult<Box<dyn TeacherBackend>> {
-        pr.built("teacher");
-        Ok(Box::new(OracleTeacher {
-            delay: o.teacher_delay.clone(),
-            probe: pr.clone(),
-        }))
-    });
+    let teacher: TeacherFactory = Arc::new(
+        move |_d: DeviceSpec| -> EngineResult<Box<dyn TeacherBackend>> {
+            pr.built("teacher");
+            Ok(Box::new(OracleTeacher {
+                delay: o.teacher_delay.clone(),
+                probe: pr.clone(),
+            }))
+        },
+    );
     let pr = probe.clone();
-    let reward: RewardFactory = Arc::new(move |_d: DeviceSpec| -> EngineResult<Box<dyn RewardEngine>> {
-        pr.built("reward");
-        Ok(Box::new(TokenReward))
-    });
+    let reward: RewardFactory = Arc::new(
+        move |_d: DeviceSpec| -> EngineResult<Box<dyn RewardEngine>> {
+            pr.built("reward");
+            Ok(Box::new(TokenReward))
+        },
+    );
     (
         Engines {
             policy,
@@ -320,7 +350,9 @@ impl BigramLearner {
         probe: Arc<ToyProbe>,
     ) -> EngineResult<BigramLearner> {
         let vs = nn::VarStore::new(dev);
-        let logits = vs.root().var("logits", &[VOCAB, VOCAB], nn::Init::Const(0.0));
+        let logits = vs
+            .root()
+            .var("logits", &[VOCAB, VOCAB], nn::Init::Const(0.0));
         tch::no_grad(|| {
             let init = Tensor::from_slice(&initial_logits(seed)).reshape([VOCAB, VOCAB]);
             logits.shallow_clone().f_copy_(&init)
@@ -339,12 +371,21 @@ impl BigramLearner {
 impl LearnerEngine for BigramLearner {
     fn step(&mut self, batch: &TrainBatch) -> EngineResult<StepStats> {
         std::thread::sleep((self.delay)());
-        let raw: Vec<f32> = batch.samples.iter().map(|s| raw_reward(batch.kind, s)).collect();
+        let raw: Vec<f32> = batch
+            .samples
+            .iter()
+            .map(|s| raw_reward(batch.kind, s))
+            .collect();
         let adv = group_normalise(&raw, batch.group_size.max(1));
         let (mut prev, mut next, mut a, mut behav) = (vec![], vec![], vec![], vec![]);
         for (s, &ad) in batch.samples.iter().zip(&adv) {
             let mut p = *s.prompt.prompt_ids.last().unwrap_or(&0);
-            for (&t, &b) in s.rollout.response_ids.iter().zip(&s.rollout.behaviour_logprobs) {
+            for (&t, &b) in s
+                .rollout
+                .response_ids
+                .iter()
+                .zip(&s.rollout.behaviour_logprobs)
+            {
                 prev.push(p);
                 next.push(t);
                 a.push(ad);
@@ -380,7 +421,10 @@ impl LearnerEngine for BigramLearner {
             version: 0,
             loss: f32::try_from(&loss)?,
             tokens,
-            extra: vec![("ratio_mean".into(), f64::try_from(ratio.f_mean(Kind::Float)?)?)],
+            extra: vec![(
+                "ratio_mean".into(),
+                f64::try_from(ratio.f_mean(Kind::Float)?)?,
+            )],
         })
     }
 
@@ -429,7 +473,9 @@ impl BagScorer {
                 continue;
             }
             if let Some(t) = s.tokens.iter().find(|&&t| !(0..VOCAB).contains(&t)) {
-                return Err(format!("segment token {t} is outside the vocabulary 0..{VOCAB}").into());
+                return Err(
+                    format!("segment token {t} is outside the vocabulary 0..{VOCAB}").into(),
+                );
             }
             let idx = Tensor::from_slice(&s.tokens).to_device(dev);
             out.push(self.w.f_index_select(0, &idx)?.f_mean(Kind::Float)?);
@@ -454,7 +500,12 @@ impl ScorerEngine for BagScorer {
         let chosen: Vec<&Segment> = pairs.iter().map(|p| &p.chosen).collect();
         let rejected: Vec<&Segment> = pairs.iter().map(|p| &p.rejected).collect();
         let margin = self.scores(&chosen)?.f_sub(&self.scores(&rejected)?)?;
-        let accuracy = f64::try_from(margin.f_gt(0.0)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?)?;
+        let accuracy = f64::try_from(
+            margin
+                .f_gt(0.0)?
+                .f_to_kind(Kind::Float)?
+                .f_mean(Kind::Float)?,
+        )?;
         // Bradley–Terry: -log σ(s_teacher - s_student).
         let loss = margin.f_log_sigmoid()?.f_mean(Kind::Float)?.f_neg()?;
         self.opt.zero_grad();
@@ -468,7 +519,10 @@ impl ScorerEngine for BagScorer {
     }
 
     fn snapshot(&mut self, version: u64) -> EngineResult<WeightsSnapshot> {
-        Ok(snapshot_from_tensors(version, &[("w".to_string(), self.w.shallow_clone())])?)
+        Ok(snapshot_from_tensors(
+            version,
+            &[("w".to_string(), self.w.shallow_clone())],
+        )?)
     }
 
     fn restore(&mut self, w: &WeightsSnapshot) -> EngineResult<()> {
@@ -568,7 +622,8 @@ mod tests {
     fn behaviour_logprobs_match_the_learner_and_a_step_changes_them() {
         let probe = Arc::new(ToyProbe::default());
         let mut pol = BigramPolicy::new(Device::Cpu, 3, no_delay(), probe.clone());
-        let mut learner = BigramLearner::new(Device::Cpu, 3, 0.1, no_delay(), probe.clone()).unwrap();
+        let mut learner =
+            BigramLearner::new(Device::Cpu, 3, 0.1, no_delay(), probe.clone()).unwrap();
         let ps = prompts(2, 1);
         let params = SamplingParams {
             max_new_tokens: 8,
@@ -614,7 +669,10 @@ mod tests {
         let stats = learner.step(&batch).unwrap();
         assert!(stats.loss.is_finite() && stats.tokens > 0);
         let w1 = learner.snapshot(1).unwrap();
-        assert_ne!(w.tensors[0].data, w1.tensors[0].data, "a step must change the weights");
+        assert_ne!(
+            w.tensors[0].data, w1.tensors[0].data,
+            "a step must change the weights"
+        );
         pol.load_weights(&w1).unwrap();
         assert_eq!(*probe.loaded_versions.lock().unwrap(), vec![1]);
         assert_eq!(probe.trained.lock().unwrap().len(), 2);

@@ -160,8 +160,8 @@ pub fn load_into_tensors(
             name: name.clone(),
             msg: e.to_string(),
         };
-        let host = Tensor::f_from_data_size(&src.data, &src.shape, kind_of(src.dtype))
-            .map_err(terr)?;
+        let host =
+            Tensor::f_from_data_size(&src.data, &src.shape, kind_of(src.dtype)).map_err(terr)?;
         dst.f_copy_(&host).map_err(terr)?;
     }
     Ok(())
@@ -179,24 +179,37 @@ mod tests {
         assert_eq!(snap.version, 3);
         assert_eq!(snap.nbytes(), 16 + 16);
         let mut dst = vec![
-            ("w".to_string(), Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu))),
-            ("b".to_string(), Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))),
+            (
+                "w".to_string(),
+                Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "b".to_string(),
+                Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu)),
+            ),
         ];
         load_into_tensors(&snap, &mut dst).unwrap();
-        assert_eq!(Vec::<f32>::try_from(dst[0].1.flatten(0, -1)).unwrap(), vec![1., 2., 3., 4.]);
+        assert_eq!(
+            Vec::<f32>::try_from(dst[0].1.flatten(0, -1)).unwrap(),
+            vec![1., 2., 3., 4.]
+        );
         assert_eq!(Vec::<i64>::try_from(&dst[1].1).unwrap(), vec![7, 8]);
 
         let mut wrong = vec![(
             "w".to_string(),
             Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
         )];
-        let e = load_into_tensors(&snap, &mut wrong).unwrap_err().to_string();
+        let e = load_into_tensors(&snap, &mut wrong)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tensor w") && e.contains("[2, 2]"), "{e}");
         let mut missing = vec![(
             "v".to_string(),
             Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
         )];
-        let e = load_into_tensors(&snap, &mut missing).unwrap_err().to_string();
+        let e = load_into_tensors(&snap, &mut missing)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no tensor v"), "{e}");
     }
 

@@ -664,3 +664,87 @@ impl Actor for Supervisor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throwaway actor whose one request never finishes.
+    struct Sleeper;
+
+    enum SleeperMsg {
+        Ask(RpcReplyPort<u32>),
+    }
+
+    impl Actor for Sleeper {
+        type Msg = SleeperMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            let SleeperMsg::Ask(reply) = msg;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            let _ = reply.send(1);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn deadline_reports_the_stuck_actor_by_name_and_never_waits_silently() {
+        let mut cfg = ActorsConfig::default();
+        cfg.deadlines.restart_secs = 0.3;
+        let ctx = RunCtx::new("test", &cfg);
+        let (actor, handle) = Actor::spawn(None, Sleeper, ()).await.unwrap();
+        let slot = Slot::new("sleeper");
+        slot.install(actor);
+        let t0 = tokio::time::Instant::now();
+        let err = call(
+            &ctx,
+            &slot,
+            "ask",
+            Duration::from_millis(200),
+            SleeperMsg::Ask,
+        )
+        .await
+        .unwrap_err();
+        // 0.2 s deadline, then 0.3 s for a restart that no supervisor performs: no silent hang.
+        let waited = t0.elapsed().as_secs_f64();
+        assert!((0.5..5.0).contains(&waited), "{waited}");
+        assert!(
+            matches!(&err, StageError::RestartTimeout { actor, .. } if actor == "sleeper"),
+            "{err:?}"
+        );
+        assert_eq!(
+            ctx.stuck_reports(),
+            vec![StuckReport {
+                actor: "sleeper".into(),
+                request: "ask".into(),
+                waited_secs: 0.2
+            }]
+        );
+        // The stuck actor was killed, not left running.
+        handle.await.unwrap();
+    }
+
+    #[test]
+    fn failure_budget_counts_within_the_window_and_names_the_actor() {
+        let mut cfg = ActorsConfig::default();
+        cfg.supervision.max_failures = 2;
+        let ctx = RunCtx::new("test", &cfg);
+        ctx.record_failure("reward", "boom 1").unwrap();
+        ctx.record_failure("learner", "other actor").unwrap();
+        ctx.record_failure("reward", "boom 2").unwrap();
+        let e = ctx.record_failure("reward", "boom 3").unwrap_err();
+        assert_eq!(e.actor(), Some("reward"));
+        assert!(e.to_string().contains("boom 3"), "{e}");
+    }
+}

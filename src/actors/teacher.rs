@@ -106,10 +106,13 @@ async fn demonstrate(
     prompts: Arc<Vec<PromptItem>>,
 ) -> Result<Vec<Demo>, String> {
     let hashes: Vec<String> = prompts.iter().map(prompt_hash).collect();
+    // First occurrence of each prompt content not in the cache (a repeated prompt within the
+    // request is asked once).
     let missing: Vec<usize> = {
         let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
         (0..prompts.len())
-            .filter(|&i| !cache.contains_key(&hashes[i]))
+            .filter(|&i| !cache.contains_key(&hashes[i]) && seen.insert(&hashes[i]))
             .collect()
     };
     let hits = (prompts.len() - missing.len()) as u64;

@@ -71,8 +71,7 @@ pub fn describe_all() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(
         ACTOR_BUSY_RATIO,
-        Unit::Percent,
-        "Fraction of wall time the actor spends inside engine compute"
+        "Fraction (0 to 1) of wall time the actor spends inside engine compute"
     );
     describe_gauge!(
         ACTOR_BUSY_SECONDS,

@@ -329,3 +329,113 @@ async fn bad_stage_inputs_are_rejected_up_front() {
     .unwrap_err();
     assert!(e.to_string().contains("teacher"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_thread_stuck_in_the_engine_is_abandoned_and_replaced() {
+    // The first generate call blocks its compute thread for 3 s (a hung kernel), far past the
+    // 0.4 s deadline: the actor is reported, killed and rebuilt on a fresh thread; the stuck
+    // thread finishes later on its own and its result is discarded.
+    let mut cfg = config(1, 0);
+    cfg.deadlines.generate_secs = 0.4;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (engines, probe) = toy::engines(ToyOptions {
+        generate_delay: Arc::new(move || {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            }
+        }),
+        ..ToyOptions::default()
+    });
+    let t0 = std::time::Instant::now();
+    let report = run_stage(
+        &cfg,
+        spec(StageKind::Rlvr, 3, 2, 2),
+        engines,
+        Arc::new(toy::prompts(6, 11)),
+        recorder(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "did not wait for the stuck thread"
+    );
+    assert_eq!(report.stuck.len(), 1);
+    assert_eq!(report.stuck[0].actor, "generator-0");
+    assert_eq!(report.restarts.get("generator-0"), Some(&1));
+    assert_eq!(probe.builds.lock().unwrap()["policy"], 2);
+    each_once(&report.processed, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_engine_is_built_for_its_configured_device() {
+    // Devices are only labels to the toy engines: each factory records what it was asked for.
+    use prism::actors::DeviceSpec::{Cpu, Cuda};
+    let mut cfg = config(3, 1);
+    cfg.placement.generators = vec![Cuda(0), Cuda(1), Cuda(1)];
+    cfg.placement.learner = Cuda(2);
+    cfg.placement.perception_expert = Cuda(3);
+    cfg.placement.reasoning_expert = Cuda(3);
+    let (mut engines, _) = toy::engines(ToyOptions::default());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cpu_only = |d: prism::actors::DeviceSpec| match d {
+        Cuda(_) => Cpu,
+        d => d,
+    };
+    let (inner, log) = (engines.policy.clone(), asked.clone());
+    engines.policy = Arc::new(move |d| {
+        log.lock().unwrap().push(("policy", d));
+        inner(cpu_only(d))
+    });
+    let (inner, log) = (engines.learner.clone(), asked.clone());
+    engines.learner = Arc::new(move |d| {
+        log.lock().unwrap().push(("learner", d));
+        inner(cpu_only(d))
+    });
+    let (inner, log) = (engines.perception.clone().unwrap(), asked.clone());
+    engines.perception = Some(Arc::new(move |d| {
+        log.lock().unwrap().push(("perception", d));
+        inner(cpu_only(d))
+    }));
+    let (inner, log) = (engines.reasoning.clone().unwrap(), asked.clone());
+    engines.reasoning = Some(Arc::new(move |d| {
+        log.lock().unwrap().push(("reasoning", d));
+        inner(cpu_only(d))
+    }));
+    let report = run_stage(
+        &cfg,
+        spec(StageKind::Align, 2, 3, 2),
+        engines,
+        Arc::new(toy::prompts(6, 12)),
+        recorder(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let mut asked = asked.lock().unwrap().clone();
+    asked.sort_by_key(|(k, d)| (*k, d.to_string()));
+    assert_eq!(
+        asked,
+        vec![
+            ("learner", Cuda(2)),
+            ("perception", Cuda(3)),
+            ("policy", Cuda(0)),
+            ("policy", Cuda(1)),
+            ("policy", Cuda(1)),
+            ("reasoning", Cuda(3)),
+        ]
+    );
+    let dev = |a: &str| {
+        report
+            .busy
+            .iter()
+            .find(|b| b.actor == a)
+            .map(|b| b.device.clone())
+    };
+    assert_eq!(dev("learner").as_deref(), Some("cuda:2"));
+    assert_eq!(dev("reward").as_deref(), Some("cpu"));
+    each_once(&report.processed, 6);
+}

@@ -554,11 +554,19 @@ impl SupervisorState {
         let name = self.name(c);
         self.clear_slot(c);
         let mut reason = reason;
+        let mut attempt = 0u32;
         loop {
             if let Err(e) = self.ctx.record_failure(&name, &reason) {
                 self.ctx.fail(e);
                 return;
             }
+            if attempt > 0 {
+                // A respawn that failed (engine factory error) is retried with a growing pause,
+                // so a transient cause (device still freeing memory) gets time to clear.
+                let pause = Duration::from_millis(50u64 << attempt.min(6));
+                tokio::time::sleep(pause).await;
+            }
+            attempt += 1;
             match self.spawn(c, sup.clone()).await {
                 Ok(()) => {
                     self.ctx.count_restart(&name);

@@ -32,7 +32,7 @@
 //! then the actors are stopped and the checkpoint hook is called. The same hook is called when
 //! the run fails (with the error) and when it finishes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -57,6 +57,7 @@ use super::messages::{
 use super::reward::RewardMsg;
 use super::supervisor::{
     Kit, Roster, RunCtx, Slot, StuckReport, Supervisor, SupervisorArgs, SupervisorMsg, call,
+    try_call, wait_restart,
 };
 use super::teacher::TeacherMsg;
 use super::weights::WeightsBus;
@@ -591,7 +592,9 @@ async fn fetch_demos(p: Arc<Pipe>, prompts: Arc<Vec<PromptItem>>) -> Result<Vec<
 }
 
 /// Generates `n` samples for every prompt of a step. Replicas pull chunks of
-/// `prompts_per_request` prompts from a shared queue, so faster replicas take more work.
+/// `prompts_per_request` prompts from a shared queue, so faster replicas take more work; a
+/// chunk whose replica fails goes back to the front of the queue for any replica, and the
+/// failed replica rejoins once restarted.
 async fn generate_step(
     p: &Pipe,
     prompts: &[PromptItem],
@@ -601,18 +604,13 @@ async fn generate_step(
         .chunks(p.ctx.cfg.prompts_per_request)
         .map(|c| c.to_vec())
         .collect();
-    let next = Mutex::new(0usize);
+    let queue: Mutex<VecDeque<usize>> = Mutex::new((0..chunks.len()).collect());
     let results: Mutex<Vec<Option<Vec<Rollout>>>> = Mutex::new(vec![None; chunks.len()]);
     let deadline = config::secs(p.ctx.cfg.deadlines.generate_secs);
     let workers = p.roster.generators.iter().map(|slot| async {
         loop {
-            let i = {
-                let mut n = lock(&next);
-                if *n >= chunks.len() {
-                    return Ok::<(), StageError>(());
-                }
-                *n += 1;
-                *n - 1
+            let Some(i) = lock(&queue).pop_front() else {
+                return Ok::<(), StageError>(());
             };
             let req = GenerateRequest {
                 prompts: chunks[i].clone(),
@@ -620,15 +618,27 @@ async fn generate_step(
                 params: p.spec.sampling.clone(),
                 min_version,
             };
-            let r = call(&p.ctx, slot, "generate", deadline, |reply| {
-                GeneratorMsg::Generate(req.clone(), reply)
+            let attempt = try_call(&p.ctx, slot, "generate", deadline, |reply| {
+                GeneratorMsg::Generate(req, reply)
             })
             .await?;
-            lock(&results)[i] = Some(r);
+            match attempt {
+                Ok(r) => lock(&results)[i] = Some(r),
+                Err(epoch) => {
+                    lock(&queue).push_front(i);
+                    wait_restart(&p.ctx, slot, epoch).await?;
+                }
+            }
         }
     });
     futures::future::try_join_all(workers).await?;
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = results.iter().position(Option::is_none) {
+        return Err(invariant(
+            p,
+            format!("generation chunk {i} was never produced"),
+        ));
+    }
     Ok(results.into_iter().flatten().flatten().collect())
 }
 

@@ -296,6 +296,54 @@ fn aborted(ctx: &RunCtx) -> StageError {
     }
 }
 
+/// One attempt of a request: the reply, or the epoch of the incarnation that failed it (the
+/// caller waits for the next one with [`wait_restart`]).
+pub async fn try_call<M, R, B>(
+    ctx: &RunCtx,
+    slot: &Slot<M>,
+    request: &str,
+    deadline: Duration,
+    build: B,
+) -> Result<Result<R, u64>, StageError>
+where
+    M: Message,
+    R: Send + 'static,
+    B: FnOnce(RpcReplyPort<R>) -> M,
+{
+    if let Some(e) = ctx.fatal() {
+        return Err(e);
+    }
+    let (actor, epoch) = slot.current();
+    let Some(actor) = actor else {
+        return Ok(Err(epoch));
+    };
+    let res = tokio::select! {
+        r = actor.call(build, Some(deadline)) => r,
+        _ = ctx.abort.cancelled() => return Err(ctx.fatal().unwrap_or_else(|| aborted(ctx))),
+    };
+    match res {
+        Ok(CallResult::Success(r)) => return Ok(Ok(r)),
+        Ok(CallResult::Timeout) => {
+            ctx.report_stuck(&slot.name, actor.get_id(), request, deadline);
+            actor.kill();
+        }
+        // The actor failed while handling the request (its reply port was dropped) or was
+        // already dead: the supervisor restarts it.
+        Ok(CallResult::SenderError) | Err(_) => {}
+    }
+    Ok(Err(epoch))
+}
+
+/// Waits until the actor in `slot` has been replaced after incarnation `epoch` (or the run is
+/// aborted, or the restart deadline passes).
+pub async fn wait_restart<M: Message>(
+    ctx: &RunCtx,
+    slot: &Slot<M>,
+    epoch: u64,
+) -> Result<(), StageError> {
+    slot.wait_restart(epoch, ctx).await
+}
+
 /// Sends a request built by `build` to the actor in `slot` and awaits the reply within
 /// `deadline`. On a timeout the actor is reported stuck and killed; on a failure of the actor
 /// the request waits for the supervisor's restart and is sent again. Returns an error only when
@@ -313,27 +361,10 @@ where
     B: Fn(RpcReplyPort<R>) -> M,
 {
     loop {
-        if let Some(e) = ctx.fatal() {
-            return Err(e);
+        match try_call(ctx, slot, request, deadline, &build).await? {
+            Ok(r) => return Ok(r),
+            Err(epoch) => slot.wait_restart(epoch, ctx).await?,
         }
-        let (actor, epoch) = slot.current();
-        if let Some(actor) = actor {
-            let res = tokio::select! {
-                r = actor.call(&build, Some(deadline)) => r,
-                _ = ctx.abort.cancelled() => return Err(ctx.fatal().unwrap_or_else(|| aborted(ctx))),
-            };
-            match res {
-                Ok(CallResult::Success(r)) => return Ok(r),
-                Ok(CallResult::Timeout) => {
-                    ctx.report_stuck(&slot.name, actor.get_id(), request, deadline);
-                    actor.kill();
-                }
-                // The actor failed while handling the request (its reply port was dropped) or
-                // was already dead: the supervisor restarts it.
-                Ok(CallResult::SenderError) | Err(_) => {}
-            }
-        }
-        slot.wait_restart(epoch, ctx).await?;
         tracing::info!(stage = %ctx.stage, actor = %slot.name, request, "retrying on the restarted actor");
     }
 }

@@ -10,7 +10,7 @@
 //! # Staleness
 //!
 //! Step `s` trains when the policy is at `base + s`. Its rollouts may only be generated once
-//! version `base + s - max_staleness` is published (the gate in [`generation_phase`]); a
+//! version `base + s - max_staleness` is published (the gate in `generation_phase`); a
 //! generator always loads the newest version before a request. So every rollout's staleness
 //! (learner version at training minus the rollout's version) is at most `max_staleness`, and
 //! `max_staleness = 0` is strictly on-policy. The learning phase checks the bound on every

@@ -28,6 +28,19 @@
 //! → learner step (publishes v+1) ∥ experts' Bradley–Terry update against the teacher's
 //! demonstrations (prefetched by the teacher-client during generation). RLVR skips the teacher
 //! and experts.
+//!
+//! # Known limits
+//!
+//! - Weights move as host copies ([`messages::WeightsSnapshot`]): the learner snapshots after
+//!   every step and each generator copies the new version in before its next request; the
+//!   experts snapshot after every update (their restart state). Fine for the tiny models; for
+//!   multi-GB models this is the path to replace (device-to-device copy, CUDA IPC) behind the
+//!   same bus.
+//! - A compute thread stuck inside libtorch cannot be interrupted: its actor is killed at the
+//!   deadline and rebuilt on a fresh thread, and the stuck thread (with its engine's memory) is
+//!   abandoned until its call returns.
+//! - Restoring a learner or expert restores what its engine puts in the snapshot; the toy
+//!   engines keep weights only, so their Adam moments restart from zero.
 
 pub mod compute;
 pub mod config;

@@ -24,8 +24,9 @@
 //!
 //! The coordinator stops dispatching, lets in-flight steps drain, sets [`RunCtx::stopping`] (so
 //! terminations are no longer failures), then stops the supervisor, whose `post_stop` stops
-//! every child; dropping a child's state closes its compute thread's channel and the thread
-//! exits after its current job.
+//! every child (kills them if the run failed, since one may be inside a handler); dropping a
+//! child's state closes its compute thread's channel and the thread exits after its current
+//! job.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -684,10 +685,13 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.stopping.store(true, Ordering::SeqCst);
         let r = &state.roster;
-        let stop = |a: Option<ActorCell>| {
-            if let Some(a) = a {
-                a.stop(Some("stage finished".into()));
-            }
+        // After a drained finish the children are idle and stop gracefully; after a failure a
+        // child may be inside a handler (stuck or retrying), so it is killed instead.
+        let failed = state.ctx.fatal().is_some();
+        let stop = |a: Option<ActorCell>| match a {
+            Some(a) if failed => a.kill(),
+            Some(a) => a.stop(Some("stage finished".into())),
+            None => {}
         };
         for g in &r.generators {
             stop(g.current().0.map(|a| a.get_cell()));

@@ -29,3 +29,4 @@ pub mod models;
 pub mod reward;
 pub mod runtime;
 pub mod stages;
+pub mod telemetry;

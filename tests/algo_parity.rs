@@ -256,7 +256,8 @@ fn agg_loss_matches_verl_in_every_mode() {
 fn check_policy(fx: &Fixture, inputs: &str, preset: &str, mode: &str) {
     let key = format!("{inputs}.{preset}.{mode}");
     let old = fx.get(&format!("{inputs}.old"));
-    let logp = fx.get(&format!("{inputs}.logp")).set_requires_grad(true);
+    // a fresh leaf per call: fixture tensors are shared, and gradients would accumulate
+    let logp = fx.get(&format!("{inputs}.logp")).copy().set_requires_grad(true);
     let adv = fx.get(&format!("{inputs}.adv"));
     let mask = fx.get(&format!("{inputs}.mask"));
     let (loss, clipfrac, lower, ppo_kl) = match preset {
@@ -396,7 +397,7 @@ fn bradley_terry_loss_matches_reference_with_mask_fallback_clip_and_regulariser(
     for case in ["mixed", "all_valid", "none_valid", "none_local_some_global"] {
         let s: Vec<Tensor> = names
             .iter()
-            .map(|n| fx.get(&format!("{case}.{n}")).set_requires_grad(true))
+            .map(|n| fx.get(&format!("{case}.{n}")).copy().set_requires_grad(true))
             .collect();
         let n_glob = fx.f64(&format!("{case}.n_glob"));
         let global = Tensor::from(n_glob as f32);

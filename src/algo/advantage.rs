@@ -103,6 +103,13 @@ impl Groups {
         Tensor::zeros([self.num_groups], (Kind::Double, x.device())).index_add(0, &self.index, x)
     }
 
+    /// `[G, B]` bool, true where rollout b belongs to group g.
+    fn membership(&self) -> Tensor {
+        Tensor::arange(self.num_groups, (Kind::Int64, self.index.device()))
+            .unsqueeze(1)
+            .eq_tensor(&self.index.unsqueeze(0))
+    }
+
     /// Broadcasts per-group values `[G]` back to rollouts `[B]`.
     fn gather(&self, g: &Tensor) -> Tensor {
         g.index_select(0, &self.index)
@@ -402,9 +409,12 @@ pub fn prism_multi_reward_advantage(
     let is_invalid = invalid.gt(0.0);
     // 2. re-score invalid members below the group's valid minimum
     let rescore = |x: &Tensor| -> Tensor {
-        let only_valid = x.masked_fill(&is_invalid, f64::INFINITY);
-        let init = Tensor::full([groups.num_groups], f64::INFINITY, (Kind::Double, x.device()));
-        let gmin = init.scatter_reduce(0, &groups.index, &only_valid, "amin");
+        // [G, B] membership of valid rollouts; O(G·B) is nothing next to a policy forward
+        let member = groups.membership().logical_and(&is_invalid.logical_not().unsqueeze(0));
+        let gmin = x
+            .unsqueeze(0)
+            .masked_fill(&member.logical_not(), f64::INFINITY)
+            .amin(1, false);
         // a group without valid members keeps +inf: its floor is 0, so invalid members get −1
         let gmin = gmin.masked_fill(&gmin.isinf(), 0.0);
         x.where_self(&is_invalid.logical_not(), &(groups.gather(&gmin) - 1.0))

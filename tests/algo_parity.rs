@@ -111,7 +111,10 @@ fn grpo_outcome_advantage_matches_verl() {
 fn all_equal_group_gets_exactly_zero_where_verl_f32_does_not() {
     let fx = Fixture::load("grpo_advantage");
     let verl = to_vec(&fx.get("f32_artefact.verl_adv"));
-    assert!(verl.iter().all(|v| (v + 0.0147).abs() < 1e-3), "fixture changed: {verl:?}");
+    assert!(
+        verl.iter().all(|v| (v + 0.0147).abs() < 1e-3),
+        "fixture changed: {verl:?}"
+    );
     let rewards = fx.get("f32_artefact.rewards");
     let groups = Groups::from_ids(&Tensor::zeros([7], (Kind::Int64, tch::Device::Cpu))).unwrap();
     let got = advantage::grpo_outcome_advantage(
@@ -128,7 +131,12 @@ fn all_equal_group_gets_exactly_zero_where_verl_f32_does_not() {
 fn prism_multi_reward_advantage_matches_reference_in_all_modes() {
     let fx = Fixture::load("prism_advantage");
     let groups = Groups::from_ids(&fx.get("ids")).unwrap();
-    let (cap, cot, fmt, acc) = (fx.get("caption"), fx.get("cot"), fx.get("format"), fx.get("acc"));
+    let (cap, cot, fmt, acc) = (
+        fx.get("caption"),
+        fx.get("cot"),
+        fx.get("format"),
+        fx.get("acc"),
+    );
     let mask = Tensor::ones([cap.size()[0], 3], (Kind::Float, tch::Device::Cpu));
     let modes = [
         ("align", MultiRewardMode::Align),
@@ -257,7 +265,10 @@ fn check_policy(fx: &Fixture, inputs: &str, preset: &str, mode: &str) {
     let key = format!("{inputs}.{preset}.{mode}");
     let old = fx.get(&format!("{inputs}.old"));
     // a fresh leaf per call: fixture tensors are shared, and gradients would accumulate
-    let logp = fx.get(&format!("{inputs}.logp")).copy().set_requires_grad(true);
+    let logp = fx
+        .get(&format!("{inputs}.logp"))
+        .copy()
+        .set_requires_grad(true);
     let adv = fx.get(&format!("{inputs}.adv"));
     let mask = fx.get(&format!("{inputs}.mask"));
     let (loss, clipfrac, lower, ppo_kl) = match preset {
@@ -279,7 +290,11 @@ fn check_policy(fx: &Fixture, inputs: &str, preset: &str, mode: &str) {
                 entropy: None,
             };
             let (loss, s) = policy_loss::policy_loss(&cfg, batch).unwrap();
-            assert_close_f(&format!("{key}.pg_loss stat"), &s.pg_loss, fx.f64(&format!("{key}.loss")));
+            assert_close_f(
+                &format!("{key}.pg_loss stat"),
+                &s.pg_loss,
+                fx.f64(&format!("{key}.loss")),
+            );
             (loss, s.pg_clipfrac, s.pg_clipfrac_lower, s.ppo_kl)
         }
         "gspo" | "gspo_wide" => {
@@ -317,16 +332,32 @@ fn check_policy(fx: &Fixture, inputs: &str, preset: &str, mode: &str) {
         }
         other => panic!("unknown preset {other}"),
     };
-    assert_close_f(&format!("{key}.loss"), &loss, fx.f64(&format!("{key}.loss")));
+    assert_close_f(
+        &format!("{key}.loss"),
+        &loss,
+        fx.f64(&format!("{key}.loss")),
+    );
     loss.backward();
-    assert_close(&format!("{key}.grad"), &logp.grad(), &fx.get(&format!("{key}.grad")));
-    assert_close_f(&format!("{key}.pg_clipfrac"), &clipfrac, fx.f64(&format!("{key}.pg_clipfrac")));
+    assert_close(
+        &format!("{key}.grad"),
+        &logp.grad(),
+        &fx.get(&format!("{key}.grad")),
+    );
+    assert_close_f(
+        &format!("{key}.pg_clipfrac"),
+        &clipfrac,
+        fx.f64(&format!("{key}.pg_clipfrac")),
+    );
     assert_close_f(
         &format!("{key}.pg_clipfrac_lower"),
         &lower,
         fx.f64(&format!("{key}.pg_clipfrac_lower")),
     );
-    assert_close_f(&format!("{key}.ppo_kl"), &ppo_kl, fx.f64(&format!("{key}.ppo_kl")));
+    assert_close_f(
+        &format!("{key}.ppo_kl"),
+        &ppo_kl,
+        fx.f64(&format!("{key}.ppo_kl")),
+    );
 }
 
 #[test]
@@ -373,9 +404,17 @@ fn kl_estimators_entropy_and_log_probs_match_verl() {
     for (name, est) in [("k1+", KlEstimator::K1), ("k3+", KlEstimator::K3)] {
         let lp = logp.copy().set_requires_grad(true);
         let v = policy_loss::kl_penalty(&lp, &refp, est, true).unwrap();
-        assert_close(&format!("{name}.value"), &v, &fx.get(&format!("{name}.value")));
+        assert_close(
+            &format!("{name}.value"),
+            &v,
+            &fx.get(&format!("{name}.value")),
+        );
         v.sum(Kind::Float).backward();
-        assert_close(&format!("{name}.grad"), &lp.grad(), &fx.get(&format!("{name}.grad")));
+        assert_close(
+            &format!("{name}.grad"),
+            &lp.grad(),
+            &fx.get(&format!("{name}.grad")),
+        );
     }
     let logits = fx.get("logits");
     let h = policy_loss::entropy_from_logits(&logits).unwrap();
@@ -393,11 +432,20 @@ fn kl_estimators_entropy_and_log_probs_match_verl() {
 #[test]
 fn bradley_terry_loss_matches_reference_with_mask_fallback_clip_and_regulariser() {
     let fx = Fixture::load("discriminator");
-    let names = ["student_caption", "student_cot", "teacher_caption", "teacher_cot"];
+    let names = [
+        "student_caption",
+        "student_cot",
+        "teacher_caption",
+        "teacher_cot",
+    ];
     for case in ["mixed", "all_valid", "none_valid", "none_local_some_global"] {
         let s: Vec<Tensor> = names
             .iter()
-            .map(|n| fx.get(&format!("{case}.{n}")).copy().set_requires_grad(true))
+            .map(|n| {
+                fx.get(&format!("{case}.{n}"))
+                    .copy()
+                    .set_requires_grad(true)
+            })
             .collect();
         let n_glob = fx.f64(&format!("{case}.n_glob"));
         let global = Tensor::from(n_glob as f32);
@@ -422,7 +470,11 @@ fn bradley_terry_loss_matches_reference_with_mask_fallback_clip_and_regulariser(
             ("cap_acc", &st.cap_acc),
             ("cot_acc", &st.cot_acc),
         ] {
-            assert_close_f(&format!("{case}.{what}"), t, fx.f64(&format!("{case}.{what}")));
+            assert_close_f(
+                &format!("{case}.{what}"),
+                t,
+                fx.f64(&format!("{case}.{what}")),
+            );
         }
         loss.backward();
         for (j, n) in names.iter().enumerate() {
@@ -453,7 +505,11 @@ fn load_balancing_loss_matches_transformers_qwen3_moe() {
     let am = fx.get("lb.attention_mask");
     for lib in ["moe", "vl_moe"] {
         let masked = discriminator::load_balancing_loss(&layers, 4, 2, Some(&am)).unwrap();
-        assert_close_f(&format!("lb.{lib}.masked"), &masked, fx.f64(&format!("lb.{lib}.masked")));
+        assert_close_f(
+            &format!("lb.{lib}.masked"),
+            &masked,
+            fx.f64(&format!("lb.{lib}.masked")),
+        );
         let unmasked = discriminator::load_balancing_loss(&layers, 4, 2, None).unwrap();
         assert_close_f(
             &format!("lb.{lib}.unmasked"),
@@ -530,7 +586,11 @@ fn adam_run(fx: &Fixture, s: &mut AdamSetup, steps: std::ops::Range<usize>) {
         );
         s.opt.step(lrs[step]).unwrap();
         for (p, n) in s.params.iter().zip(names) {
-            assert_close(&format!("step{step}.{n}"), p, &fx.get(&format!("step{step}.{n}")));
+            assert_close(
+                &format!("step{step}.{n}"),
+                p,
+                &fx.get(&format!("step{step}.{n}")),
+            );
         }
     }
 }
@@ -543,7 +603,11 @@ fn adamw_matches_torch_over_five_steps_with_groups_clipping_and_lr_changes() {
     assert_eq!(s.opt.step_count(), fx.f64("final.step") as i64);
     let state: HashMap<String, Tensor> = s.opt.state_tensors().into_iter().collect();
     assert_close("exp_avg.w", &state["exp_avg/w"], &fx.get("final.exp_avg.w"));
-    assert_close("exp_avg_sq.w", &state["exp_avg_sq/w"], &fx.get("final.exp_avg_sq.w"));
+    assert_close(
+        "exp_avg_sq.w",
+        &state["exp_avg_sq/w"],
+        &fx.get("final.exp_avg_sq.w"),
+    );
 }
 
 #[test]
@@ -595,7 +659,10 @@ fn lr_schedules_match_transformers() {
         let want = to_vec(&fx.get(key));
         for (step, w) in want.iter().enumerate() {
             let got = sched.factor(step as i64);
-            assert!((got - w).abs() < 1e-12, "{key}[{step}]: got {got}, want {w}");
+            assert!(
+                (got - w).abs() < 1e-12,
+                "{key}[{step}]: got {got}, want {w}"
+            );
         }
     }
 }

@@ -130,20 +130,32 @@ impl AdamW {
         cfg.validate()?;
         for g in &groups {
             if !(g.weight_decay.is_finite() && g.weight_decay >= 0.0) {
-                return Err(config_err("weight_decay", format!("group `{}`: got {}", g.name, g.weight_decay)));
+                return Err(config_err(
+                    "weight_decay",
+                    format!("group `{}`: got {}", g.name, g.weight_decay),
+                ));
             }
             if !(g.lr_scale.is_finite() && g.lr_scale >= 0.0) {
-                return Err(config_err("lr_scale", format!("group `{}`: got {}", g.name, g.lr_scale)));
+                return Err(config_err(
+                    "lr_scale",
+                    format!("group `{}`: got {}", g.name, g.lr_scale),
+                ));
             }
         }
         let mut slots = Vec::with_capacity(params.len());
         let mut seen = std::collections::HashSet::new();
         for (name, param) in params {
             if !seen.insert(name.clone()) {
-                return Err(config_err("params", format!("parameter `{name}` listed twice")));
+                return Err(config_err(
+                    "params",
+                    format!("parameter `{name}` listed twice"),
+                ));
             }
             let kind = param.f_kind()?;
-            if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+            if !matches!(
+                kind,
+                Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+            ) {
                 return Err(AlgoError::Kind {
                     name: "parameter",
                     expected: "a floating-point parameter",
@@ -154,10 +166,17 @@ impl AdamW {
             if group >= groups.len() {
                 return Err(config_err(
                     "groups",
-                    format!("parameter `{name}` assigned to group {group} of {}", groups.len()),
+                    format!(
+                        "parameter `{name}` assigned to group {group} of {}",
+                        groups.len()
+                    ),
                 ));
             }
-            let moment_kind = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+            let moment_kind = if kind == Kind::Double {
+                Kind::Double
+            } else {
+                Kind::Float
+            };
             let master = if cfg.master_weights && !matches!(kind, Kind::Float | Kind::Double) {
                 Some(param.f_detach()?.f_to_kind(Kind::Float)?)
             } else {
@@ -195,7 +214,9 @@ impl AdamW {
                 lr_scale: 1.0,
             },
         ];
-        Self::new(cfg, params, groups, |n, p| usize::from(default_no_decay(n, p)))
+        Self::new(cfg, params, groups, |n, p| {
+            usize::from(default_no_decay(n, p))
+        })
     }
 
     /// The configuration.
@@ -231,7 +252,10 @@ impl AdamW {
     /// ([`super::numerics::is_finite`]).
     pub fn step(&mut self, lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
-            return Err(config_err("lr", format!("must be finite and ≥ 0, got {lr}")));
+            return Err(config_err(
+                "lr",
+                format!("must be finite and ≥ 0, got {lr}"),
+            ));
         }
         self.step += 1;
         let t = self.step as f64;
@@ -277,7 +301,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.slots.len() + 1);
         for s in &self.slots {
             out.push((format!("exp_avg/{}", s.name), s.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq/{}", s.name), s.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq/{}", s.name),
+                s.exp_avg_sq.shallow_clone(),
+            ));
             if let Some(m) = &s.master {
                 out.push((format!("master/{}", s.name), m.shallow_clone()));
             }
@@ -301,9 +328,15 @@ impl AdamW {
             .remove(STEP_KEY)
             .ok_or_else(|| state_err(STEP_KEY, "missing".into()))?;
         if step_t.numel() != 1 {
-            return Err(state_err(STEP_KEY, format!("expected a scalar, got shape {:?}", step_t.size())));
+            return Err(state_err(
+                STEP_KEY,
+                format!("expected a scalar, got shape {:?}", step_t.size()),
+            ));
         }
-        let step = step_t.f_to_kind(Kind::Int64)?.f_reshape([1])?.f_int64_value(&[0])?;
+        let step = step_t
+            .f_to_kind(Kind::Int64)?
+            .f_reshape([1])?
+            .f_int64_value(&[0])?;
         if step < 0 {
             return Err(state_err(STEP_KEY, format!("negative step {step}")));
         }
@@ -324,18 +357,31 @@ impl AdamW {
                 if t.size() != s.param.size() {
                     return Err(state_err(
                         &key,
-                        format!("shape {:?} does not match parameter {:?}", t.size(), s.param.size()),
+                        format!(
+                            "shape {:?} does not match parameter {:?}",
+                            t.size(),
+                            s.param.size()
+                        ),
                     ));
                 }
                 let kind = t.f_kind()?;
-                if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-                    return Err(state_err(&key, format!("expected floating point, got {kind:?}")));
+                if !matches!(
+                    kind,
+                    Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+                ) {
+                    return Err(state_err(
+                        &key,
+                        format!("expected floating point, got {kind:?}"),
+                    ));
                 }
                 plan.push((i, which, t.shallow_clone()));
             }
         }
         if let Some(extra) = by_name.keys().next() {
-            return Err(state_err(extra, "not a state entry of this optimizer (parameters differ?)".into()));
+            return Err(state_err(
+                extra,
+                "not a state entry of this optimizer (parameters differ?)".into(),
+            ));
         }
         let _guard = tch::no_grad_guard();
         for (i, which, t) in plan {
@@ -363,7 +409,10 @@ impl AdamW {
 /// as verl does. Parameters without a gradient are ignored; none at all gives 0.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
     if !(max_norm.is_finite() && max_norm > 0.0) {
-        return Err(config_err("max_norm", format!("must be finite and > 0, got {max_norm}")));
+        return Err(config_err(
+            "max_norm",
+            format!("must be finite and > 0, got {max_norm}"),
+        ));
     }
     let total = grad_norm(params)?;
     let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
@@ -419,7 +468,10 @@ impl LrSchedule {
     /// `warmup_ratio` (verl truncates: `int(ratio · total)`; both give 75 for 5 % of 1500).
     pub fn cosine_with_warmup_ratio(ratio: f64, total_steps: i64) -> Result<Self> {
         if !(0.0..=1.0).contains(&ratio) {
-            return Err(config_err("warmup_ratio", format!("must be in [0, 1], got {ratio}")));
+            return Err(config_err(
+                "warmup_ratio",
+                format!("must be in [0, 1], got {ratio}"),
+            ));
         }
         let s = Self::CosineWithWarmup {
             warmup_steps: (ratio * total_steps as f64).ceil() as i64,
@@ -445,7 +497,9 @@ impl LrSchedule {
                 if total_steps <= 0 || warmup_steps < 0 || warmup_steps > total_steps {
                     Err(config_err(
                         "warmup_steps",
-                        format!("need 0 ≤ warmup ≤ total and total > 0, got {warmup_steps} and {total_steps}"),
+                        format!(
+                            "need 0 ≤ warmup ≤ total and total > 0, got {warmup_steps} and {total_steps}"
+                        ),
                     ))
                 } else {
                     Ok(())

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    Result, config_err, expect_device, expect_float, expect_integer, expect_shape,
-    mask_as,
+    Result, config_err, expect_device, expect_float, expect_integer, expect_shape, mask_as,
 };
 
 /// Grouping of `B` rollouts into `G` groups, as contiguous group numbers per rollout.
@@ -54,7 +53,9 @@ impl Groups {
         if num_groups < 0 || group_size < 1 {
             return Err(config_err(
                 "group_size",
-                format!("need num_groups ≥ 0 and group_size ≥ 1, got {num_groups} and {group_size}"),
+                format!(
+                    "need num_groups ≥ 0 and group_size ≥ 1, got {num_groups} and {group_size}"
+                ),
             ));
         }
         let index = Tensor::f_arange(num_groups, (Kind::Int64, device))?
@@ -155,7 +156,10 @@ impl GroupNorm {
     /// Rejects a non-finite or negative `eps`.
     pub fn validate(&self) -> Result<()> {
         if !self.eps.is_finite() || self.eps < 0.0 {
-            return Err(config_err("eps", format!("must be finite and ≥ 0, got {}", self.eps)));
+            return Err(config_err(
+                "eps",
+                format!("must be finite and ≥ 0, got {}", self.eps),
+            ));
         }
         Ok(())
     }
@@ -198,7 +202,11 @@ pub fn grpo_outcome_advantage(
     opts: GroupNorm,
 ) -> Result<Tensor> {
     expect_float("token_level_rewards", token_level_rewards)?;
-    let dims = expect_shape("token_level_rewards", token_level_rewards, &[groups.len(), -1])?;
+    let dims = expect_shape(
+        "token_level_rewards",
+        token_level_rewards,
+        &[groups.len(), -1],
+    )?;
     expect_shape("response_mask", response_mask, &dims)?;
     expect_device("response_mask", response_mask, token_level_rewards.device())?;
     let scores = token_level_rewards.f_sum_dim_intlist(-1, false, None::<Kind>)?;
@@ -393,7 +401,10 @@ pub fn prism_multi_reward_advantage(
     };
     let cap = f64_of("caption scores", scores.caption)?;
     let cot = f64_of("cot scores", scores.cot)?;
-    let fmt = scores.format.map(|t| f64_of("format scores", t)).transpose()?;
+    let fmt = scores
+        .format
+        .map(|t| f64_of("format scores", t))
+        .transpose()?;
     let acc = scores.acc.map(|t| f64_of("acc scores", t)).transpose()?;
     expect_shape("response_mask", response_mask, &[groups.len(), -1])?;
     let gn = GroupNorm {
@@ -410,7 +421,9 @@ pub fn prism_multi_reward_advantage(
     // 2. re-score invalid members below the group's valid minimum
     let rescore = |x: &Tensor| -> Tensor {
         // [G, B] membership of valid rollouts; O(G·B) is nothing next to a policy forward
-        let member = groups.membership().logical_and(&is_invalid.logical_not().unsqueeze(0));
+        let member = groups
+            .membership()
+            .logical_and(&is_invalid.logical_not().unsqueeze(0));
         let gmin = x
             .unsqueeze(0)
             .masked_fill(&member.logical_not(), f64::INFINITY)
@@ -431,8 +444,12 @@ pub fn prism_multi_reward_advantage(
         None => cap.zeros_like(),
     };
     // 5. the mode's formula (modes 4–6: a missing acc is 0, a missing fmt is 1)
-    let acc_or_0 = acc.as_ref().map_or_else(|| cap.zeros_like(), |a| a.shallow_clone());
-    let fmt_or_1 = fmt.as_ref().map_or_else(|| cap.ones_like(), |f| f.shallow_clone());
+    let acc_or_0 = acc
+        .as_ref()
+        .map_or_else(|| cap.zeros_like(), |a| a.shallow_clone());
+    let fmt_or_1 = fmt
+        .as_ref()
+        .map_or_else(|| cap.ones_like(), |f| f.shallow_clone());
     let verifiable = &acc_or_0 * opts.acc_weight + &fmt_or_1 * opts.format_weight;
     let p_fmt = &invalid * opts.format_penalty;
     let p_wrong = &wrong * opts.wrong_penalty;
@@ -488,7 +505,10 @@ impl OverlongBuffer {
     /// The checks verl asserts: buffer > 0 and limit ≥ buffer; plus a finite factor ≥ 0.
     pub fn validate(&self) -> Result<()> {
         if self.buffer_length <= 0 {
-            return Err(config_err("buffer_length", format!("must be > 0, got {}", self.buffer_length)));
+            return Err(config_err(
+                "buffer_length",
+                format!("must be > 0, got {}", self.buffer_length),
+            ));
         }
         if self.max_response_length < self.buffer_length {
             return Err(config_err(
@@ -554,9 +574,6 @@ pub fn dynamic_sampling_filter(groups: &Groups, metric: &Tensor) -> Result<Group
     let x = metric.f_to_kind(Kind::Double)?;
     let (_, std) = groups.mean_std(&x, false);
     let group_kept = std.gt(0.0).logical_or(&groups.counts.eq(1.0));
-    let kept = groups
-        .gather(&group_kept)
-        .f_nonzero()?
-        .f_squeeze_dim(1)?;
+    let kept = groups.gather(&group_kept).f_nonzero()?.f_squeeze_dim(1)?;
     Ok(GroupFilter { kept, group_kept })
 }

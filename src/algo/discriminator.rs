@@ -50,7 +50,10 @@ impl BtOptions {
         if let Some(c) = self.score_clip
             && !(c.is_finite() && c > 0.0)
         {
-            return Err(config_err("score_clip", format!("must be finite and > 0, got {c}")));
+            return Err(config_err(
+                "score_clip",
+                format!("must be finite and > 0, got {c}"),
+            ));
         }
         for (name, v) in [
             ("score_reg_coef", self.score_reg_coef),
@@ -225,7 +228,11 @@ pub fn pairwise_bt_loss(teacher: &Tensor, student: &Tensor) -> Result<(Tensor, T
     }
     let d = teacher - student;
     let loss = (-d.log_sigmoid()).mean(None::<Kind>);
-    let acc = d.gt(0.0).to_kind(teacher.kind()).mean(None::<Kind>).detach();
+    let acc = d
+        .gt(0.0)
+        .to_kind(teacher.kind())
+        .mean(None::<Kind>)
+        .detach();
     Ok((loss, acc))
 }
 
@@ -245,7 +252,10 @@ pub fn load_balancing_loss(
     attention_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let Some(first) = router_logits.first() else {
-        return Err(config_err("router_logits", "no router logits (no MoE layer?)"));
+        return Err(config_err(
+            "router_logits",
+            "no router logits (no MoE layer?)",
+        ));
     };
     if !(1..=num_experts).contains(&top_k) {
         return Err(config_err(

@@ -103,7 +103,11 @@ pub(crate) fn expect_shape(name: &'static str, t: &Tensor, dims: &[i64]) -> Resu
         let expected = format!(
             "[{}]",
             dims.iter()
-                .map(|d| if *d < 0 { "_".to_string() } else { d.to_string() })
+                .map(|d| if *d < 0 {
+                    "_".to_string()
+                } else {
+                    d.to_string()
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         );

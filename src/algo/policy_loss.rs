@@ -181,20 +181,31 @@ impl PolicyLoss {
     pub fn validate(&self) -> Result<()> {
         let (low, high) = self.clip.bounds();
         if !(low.is_finite() && low > 0.0 && low < 1.0) {
-            return Err(config_err("clip.low", format!("must be in (0, 1), got {low}")));
+            return Err(config_err(
+                "clip.low",
+                format!("must be in (0, 1), got {low}"),
+            ));
         }
         if !(high.is_finite() && high > 0.0) {
-            return Err(config_err("clip.high", format!("must be finite and > 0, got {high}")));
+            return Err(config_err(
+                "clip.high",
+                format!("must be finite and > 0, got {high}"),
+            ));
         }
         if let Some(c) = self.dual_clip {
             // verl asserts the same: c ≤ 1 would bound the loss below the unclipped objective.
             if !(c.is_finite() && c > 1.0) {
-                return Err(config_err("dual_clip", format!("must be finite and > 1, got {c}")));
+                return Err(config_err(
+                    "dual_clip",
+                    format!("must be finite and > 1, got {c}"),
+                ));
             }
             if c < 1.0 + high {
                 return Err(config_err(
                     "dual_clip",
-                    format!("{c} is inside the clip range 1 + {high}: it would cut the clipped loss"),
+                    format!(
+                        "{c} is inside the clip range 1 + {high}: it would cut the clipped loss"
+                    ),
                 ));
             }
         }
@@ -219,12 +230,18 @@ impl PolicyLoss {
         if let Aggregation::SeqMeanTokenSumNorm { horizon: Some(h) } = self.aggregation
             && !(h.is_finite() && h > 0.0)
         {
-            return Err(config_err("aggregation.horizon", format!("must be > 0, got {h}")));
+            return Err(config_err(
+                "aggregation.horizon",
+                format!("must be > 0, got {h}"),
+            ));
         }
         if let KlPenalty::Loss { coef, .. } = self.kl
             && !(coef.is_finite() && coef >= 0.0)
         {
-            return Err(config_err("kl.coef", format!("must be finite and ≥ 0, got {coef}")));
+            return Err(config_err(
+                "kl.coef",
+                format!("must be finite and ≥ 0, got {coef}"),
+            ));
         }
         if !self.entropy_coef.is_finite() {
             return Err(config_err(
@@ -435,7 +452,10 @@ pub fn ppo_token_loss(
         Some(c) => {
             let l3 = -&adv * c;
             let negative = adv.lt(0.0);
-            let lower = clipped.gt_tensor(&l3).logical_and(&negative).to_kind(m.kind());
+            let lower = clipped
+                .gt_tensor(&l3)
+                .logical_and(&negative)
+                .to_kind(m.kind());
             let loss = l3.minimum(&clipped).where_self(&negative, &clipped);
             (loss, masked_mean(&lower, &keep, &m).detach())
         }
@@ -465,7 +485,8 @@ pub fn gspo_token_loss(
     let log_ratio = &lp - &old;
     let lengths = m.sum_dim_intlist(-1, false, None::<Kind>).clamp_min(1.0);
     let seq_log_ratio = (&log_ratio * &m).sum_dim_intlist(-1, false, None::<Kind>) / lengths;
-    let log_s = (&lp - lp.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp_max(GSPO_LOG_RATIO_MAX);
+    let log_s =
+        (&lp - lp.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp_max(GSPO_LOG_RATIO_MAX);
     let s = log_s.exp();
     let l1 = -&adv * &s;
     let l2 = -&adv * s.clamp(1.0 - lo, 1.0 + hi);
@@ -497,7 +518,9 @@ pub fn aggregate(loss: &Tensor, mask: &Tensor, mode: Aggregation) -> Result<Tens
         safe_div(&s, &nonempty.sum(None::<Kind>))
     };
     Ok(match mode {
-        Aggregation::TokenMean => safe_div(&masked_sum(loss, &keep, &m, None), &m.sum(None::<Kind>)),
+        Aggregation::TokenMean => {
+            safe_div(&masked_sum(loss, &keep, &m, None), &m.sum(None::<Kind>))
+        }
         Aggregation::SeqMeanTokenSum => seq_mean(seq_sum()),
         Aggregation::SeqMeanTokenMean => seq_mean(seq_sum() / (&tokens + MASKED_MEAN_EPS)),
         Aggregation::SeqMeanTokenSumNorm { horizon } => {
@@ -566,7 +589,10 @@ pub fn token_log_probs(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         if min < 0 || max >= dims[2] {
             return Err(config_err(
                 "labels",
-                format!("token ids must be in [0, {}), got range [{min}, {max}]", dims[2]),
+                format!(
+                    "token ids must be in [0, {}), got range [{min}, {max}]",
+                    dims[2]
+                ),
             ));
         }
     }

@@ -58,7 +58,7 @@ fn vectorised_group_normalisation_equals_the_loop() {
     tch::manual_seed(11);
     for trial in 0..20 {
         let b = 1 + trial * 3;
-        let ids = Tensor::randint(1 + trial as i64 / 2, [b], (Kind::Int64, CPU)) * 7 - 3;
+        let ids = Tensor::randint(1 + trial / 2, [b], (Kind::Int64, CPU)) * 7 - 3;
         let x = Tensor::randn([b], (Kind::Double, CPU));
         let groups = Groups::from_ids(&ids).unwrap();
         let ids_v = Vec::<i64>::try_from(&ids).unwrap();

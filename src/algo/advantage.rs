@@ -380,10 +380,13 @@ pub struct MultiRewardAdvantage {
 
 /// PRISM's `grpo_multi_reward` advantage (PRISM_ALGORITHM.md §5.4).
 ///
-/// 1. F = [format ≤ 0]. 2. Invalid members' caption and CoT scores are replaced by (min over the
-/// group's valid members) − 1, or −1 when the group has no valid member. 3. A_align =
-/// w_cap·GN(cap′) + w_cot·GN(cot′). 4. W = [acc ≤ 0]·(1−F). 5. The mode's formula
-/// ([`MultiRewardMode`]). 6. Aᵢₜ = Aᵢ·maskᵢₜ.
+/// 1. F = [format ≤ 0].
+/// 2. Invalid members' caption and CoT scores are replaced by (min over the group's valid
+///    members) − 1, or −1 when the group has no valid member.
+/// 3. A_align = w_cap·GN(cap′) + w_cot·GN(cot′).
+/// 4. W = [acc ≤ 0]·(1−F).
+/// 5. The mode's formula ([`MultiRewardMode`]).
+/// 6. Aᵢₜ = Aᵢ·maskᵢₜ.
 ///
 /// Scores `[B]`, `response_mask [B, T]`. Computed in f64, returned in the caption's kind.
 pub fn prism_multi_reward_advantage(

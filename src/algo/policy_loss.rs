@@ -324,13 +324,14 @@ pub fn policy_loss(cfg: &PolicyLoss, batch: PolicyBatch<'_>) -> Result<(Tensor, 
         )?,
     };
     let pg_loss = aggregate(&token.loss, batch.response_mask, cfg.aggregation)?;
-    let mut total = pg_loss.shallow_clone();
+    // the terms of the objective; summed at the end (no in-place ops on a graph tensor)
+    let mut terms = vec![pg_loss.shallow_clone()];
     let entropy = match batch.entropy {
         Some(h) => {
             check_like("entropy", h, batch.log_prob)?;
             let agg = aggregate(h, batch.response_mask, cfg.aggregation)?;
             if cfg.entropy_coef != 0.0 {
-                total = total - &agg * cfg.entropy_coef;
+                terms.push(&agg * -cfg.entropy_coef);
             }
             Some(agg.detach())
         }
@@ -361,10 +362,11 @@ pub fn policy_loss(cfg: &PolicyLoss, batch: PolicyBatch<'_>) -> Result<(Tensor, 
             let rp = ref_lp.where_scalarother(&keep, 0.0);
             let per_token = kl_penalty(&lp, &rp, estimator, straight_through)?;
             let agg = aggregate(&per_token, batch.response_mask, cfg.aggregation)?;
-            total = total + &agg * coef;
+            terms.push(&agg * coef);
             Some(agg.detach())
         }
     };
+    let total = Tensor::f_stack(&terms, 0)?.f_sum(None::<Kind>)?;
     let stats = PolicyLossStats {
         pg_loss: pg_loss.detach(),
         pg_clipfrac: token.clipfrac,

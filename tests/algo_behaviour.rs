@@ -11,7 +11,8 @@ use prism::algo::advantage::{
 use prism::algo::discriminator::{self, BtOptions, SegmentScores};
 use prism::algo::numerics;
 use prism::algo::policy_loss::{
-    self, Aggregation, Clip, KlEstimator, KlPenalty, PolicyBatch, PolicyLoss, RatioLevel,
+    self, Aggregation, Clip, GlobalBatch, KlEstimator, KlPenalty, PolicyBatch, PolicyLoss,
+    RatioLevel,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -226,6 +227,7 @@ fn run(
         response_mask: mask,
         ref_log_prob: None,
         entropy: None,
+        global_batch: None,
     };
     let (loss, _) = policy_loss::policy_loss(cfg, batch).unwrap();
     loss.backward();
@@ -281,6 +283,36 @@ fn all_padding_batch_gives_zero_loss_not_nan() {
     }
 }
 
+/// Gradient accumulation: with the mini-batch's normalisers, the micro-batch losses sum to the
+/// loss of the whole mini-batch in every aggregation mode.
+#[test]
+fn micro_batch_losses_with_global_normalisers_sum_to_the_mini_batch_loss() {
+    tch::manual_seed(9);
+    let loss = Tensor::randn([6, 5], (Kind::Double, CPU));
+    let lens = Tensor::from_slice(&[5i64, 0, 3, 1, 4, 2]);
+    let mask = Tensor::arange(5, (Kind::Int64, CPU))
+        .unsqueeze(0)
+        .lt_tensor(&lens.unsqueeze(1));
+    let (m1, m2) = (mask.narrow(0, 0, 2), mask.narrow(0, 2, 4));
+    let (l1, l2) = (loss.narrow(0, 0, 2), loss.narrow(0, 2, 4));
+    let global = GlobalBatch::of_masks(&[&m1, &m2]).unwrap();
+    assert_eq!((global.num_tokens, global.num_sequences), (15.0, 5.0));
+    for mode in [
+        Aggregation::TokenMean,
+        Aggregation::SeqMeanTokenSum,
+        Aggregation::SeqMeanTokenMean,
+        Aggregation::SeqMeanTokenSumNorm { horizon: Some(8.0) },
+    ] {
+        let whole = scalar(&policy_loss::aggregate(&loss, &mask, mode).unwrap());
+        let parts = scalar(&policy_loss::aggregate_with(&l1, &m1, mode, Some(global)).unwrap())
+            + scalar(&policy_loss::aggregate_with(&l2, &m2, mode, Some(global)).unwrap());
+        assert!(
+            (whole - parts).abs() < 1e-12,
+            "{mode:?}: {whole} vs {parts}"
+        );
+    }
+}
+
 #[test]
 fn kl_and_entropy_terms_add_to_the_surrogate() {
     let (old, logp, adv, mask) = batch_tensors(6);
@@ -302,6 +334,7 @@ fn kl_and_entropy_terms_add_to_the_surrogate() {
         response_mask: &mask,
         ref_log_prob: Some(&refp),
         entropy: Some(&ent),
+        global_batch: None,
     };
     let (total, st) = policy_loss::policy_loss(&cfg, batch).unwrap();
     let kl = st.kl.as_ref().unwrap();
@@ -321,6 +354,7 @@ fn kl_and_entropy_terms_add_to_the_surrogate() {
     ));
     let no_ent = PolicyBatch {
         entropy: None,
+        global_batch: None,
         ..batch
     };
     assert!(matches!(

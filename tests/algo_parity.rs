@@ -16,7 +16,7 @@ use prism::algo::advantage::{
 };
 use prism::algo::discriminator::{self, BtOptions, SegmentScores};
 use prism::algo::policy_loss::{
-    self, Aggregation, Clip, KlEstimator, PolicyBatch, PolicyLoss, RatioLevel,
+    self, Aggregation, Clip, GlobalBatch, KlEstimator, PolicyBatch, PolicyLoss, RatioLevel,
 };
 use tch::{Kind, Tensor};
 
@@ -257,6 +257,23 @@ fn agg_loss_matches_verl_in_every_mode() {
         assert!(fx.f64(&format!("empty.{mode}")).is_nan());
         let empty = policy_loss::aggregate(&loss, &mask.zeros_like(), agg_of(mode)).unwrap();
         assert_eq!(empty.double_value(&[]), 0.0, "{mode} on an empty mask");
+        // mini-batch normalisers (verl batch_num_tokens=40, global_batch_size=9, scale 12)
+        let global = GlobalBatch {
+            num_tokens: 40.0,
+            num_sequences: 9.0,
+        };
+        let agg = match agg_of(mode) {
+            Aggregation::SeqMeanTokenSumNorm { .. } => Aggregation::SeqMeanTokenSumNorm {
+                horizon: Some(12.0),
+            },
+            other => other,
+        };
+        let got = policy_loss::aggregate_with(&loss, &mask, agg, Some(global)).unwrap();
+        assert_close_f(
+            &format!("global.{mode}"),
+            &got,
+            fx.f64(&format!("global.{mode}")),
+        );
     }
 }
 
@@ -288,6 +305,7 @@ fn check_policy(fx: &Fixture, inputs: &str, preset: &str, mode: &str) {
                 response_mask: &mask,
                 ref_log_prob: None,
                 entropy: None,
+                global_batch: None,
             };
             let (loss, s) = policy_loss::policy_loss(&cfg, batch).unwrap();
             assert_close_f(
@@ -319,6 +337,7 @@ fn check_policy(fx: &Fixture, inputs: &str, preset: &str, mode: &str) {
                     response_mask: &mask,
                     ref_log_prob: None,
                     entropy: None,
+                    global_batch: None,
                 };
                 let (loss, s) = policy_loss::policy_loss(&cfg, batch).unwrap();
                 (loss, s.pg_clipfrac, s.pg_clipfrac_lower, s.ppo_kl)
@@ -511,6 +530,17 @@ fn load_balancing_loss_matches_transformers_qwen3_moe() {
             fx.f64(&format!("lb.{lib}.masked")),
         );
         let unmasked = discriminator::load_balancing_loss(&layers, 4, 2, None).unwrap();
+        if lib == "vl_moe" {
+            let leaves: Vec<Tensor> = layers
+                .iter()
+                .map(|l| l.copy().set_requires_grad(true))
+                .collect();
+            discriminator::load_balancing_loss(&leaves, 4, 2, Some(&am))
+                .unwrap()
+                .backward();
+            let grads: Vec<Tensor> = leaves.iter().map(|l| l.grad()).collect();
+            assert_close("lb.grad", &Tensor::stack(&grads, 0), &fx.get("lb.grad"));
+        }
         assert_close_f(
             &format!("lb.{lib}.unmasked"),
             &unmasked,

@@ -268,6 +268,9 @@ pub struct PolicyBatch<'a> {
     pub ref_log_prob: Option<&'a Tensor>,
     /// Per-token entropy (see [`entropy_from_logits`]), required when `entropy_coef ≠ 0`.
     pub entropy: Option<&'a Tensor>,
+    /// Mini-batch normalisers for gradient accumulation; `None` aggregates over this
+    /// micro-batch alone (verl dp_size 1 without `global_batch_info`).
+    pub global_batch: Option<GlobalBatch>,
 }
 
 /// Diagnostics of a policy loss, 0-dim tensors (detached).
@@ -323,13 +326,18 @@ pub fn policy_loss(cfg: &PolicyLoss, batch: PolicyBatch<'_>) -> Result<(Tensor, 
             cfg.clip,
         )?,
     };
-    let pg_loss = aggregate(&token.loss, batch.response_mask, cfg.aggregation)?;
+    let pg_loss = aggregate_with(
+        &token.loss,
+        batch.response_mask,
+        cfg.aggregation,
+        batch.global_batch,
+    )?;
     // the terms of the objective; summed at the end (no in-place ops on a graph tensor)
     let mut terms = vec![pg_loss.shallow_clone()];
     let entropy = match batch.entropy {
         Some(h) => {
             check_like("entropy", h, batch.log_prob)?;
-            let agg = aggregate(h, batch.response_mask, cfg.aggregation)?;
+            let agg = aggregate_with(h, batch.response_mask, cfg.aggregation, batch.global_batch)?;
             if cfg.entropy_coef != 0.0 {
                 terms.push(&agg * -cfg.entropy_coef);
             }
@@ -361,7 +369,12 @@ pub fn policy_loss(cfg: &PolicyLoss, batch: PolicyBatch<'_>) -> Result<(Tensor, 
             let lp = batch.log_prob.where_scalarother(&keep, 0.0);
             let rp = ref_lp.where_scalarother(&keep, 0.0);
             let per_token = kl_penalty(&lp, &rp, estimator, straight_through)?;
-            let agg = aggregate(&per_token, batch.response_mask, cfg.aggregation)?;
+            let agg = aggregate_with(
+                &per_token,
+                batch.response_mask,
+                cfg.aggregation,
+                batch.global_batch,
+            )?;
             terms.push(&agg * coef);
             Some(agg.detach())
         }
@@ -503,25 +516,95 @@ pub fn gspo_token_loss(
     })
 }
 
-/// verl `agg_loss` (dp_size 1): `loss [B, T]`, `mask [B, T]` → 0-dim tensor. See
-/// [`Aggregation`] for the formulas; an all-zero mask gives 0.
+/// Normalisers of a whole mini-batch, for gradient accumulation over micro-batches (verl's
+/// `batch_num_tokens` and `global_batch_size` arguments of `agg_loss`). With them, each
+/// micro-batch loss is its share of the mini-batch loss and the micro-batch losses sum to it:
+/// "token-mean" becomes a true mini-batch token mean rather than a mean of micro-batch means
+/// (PRISM_ALGORITHM.md §6.4 notes the difference).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GlobalBatch {
+    /// Valid tokens in the mini-batch (Σ of all its response masks).
+    pub num_tokens: f64,
+    /// Sequences with at least one valid token in the mini-batch.
+    pub num_sequences: f64,
+}
+
+impl GlobalBatch {
+    /// Counts tokens and non-empty sequences over the micro-batch masks `[Bᵢ, T]` of one
+    /// mini-batch. Syncs with the host (two numbers).
+    pub fn of_masks(masks: &[&Tensor]) -> Result<Self> {
+        let (mut num_tokens, mut num_sequences) = (0.0, 0.0);
+        for m in masks {
+            expect_shape("response_mask", m, &[-1, -1])?;
+            let m = mask_as(m, Kind::Double)?;
+            let per_seq = m.f_sum_dim_intlist(-1, false, None::<Kind>)?;
+            num_tokens += per_seq.f_sum(None::<Kind>)?.f_double_value(&[])?;
+            num_sequences += per_seq
+                .f_gt(0.0)?
+                .f_sum(Kind::Double)?
+                .f_double_value(&[])?;
+        }
+        Ok(Self {
+            num_tokens,
+            num_sequences,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("num_tokens", self.num_tokens),
+            ("num_sequences", self.num_sequences),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(config_err(name, format!("must be finite and ≥ 0, got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// verl `agg_loss` (dp_size 1) over the micro-batch itself: `loss [B, T]`, `mask [B, T]` →
+/// 0-dim tensor. See [`Aggregation`] for the formulas; an all-zero mask gives 0.
 pub fn aggregate(loss: &Tensor, mask: &Tensor, mode: Aggregation) -> Result<Tensor> {
+    aggregate_with(loss, mask, mode, None)
+}
+
+/// [`aggregate`] with optional mini-batch normalisers ([`GlobalBatch`]) in place of the
+/// micro-batch's own token and sequence counts (verl `batch_num_tokens`, `global_batch_size`).
+pub fn aggregate_with(
+    loss: &Tensor,
+    mask: &Tensor,
+    mode: Aggregation,
+    global: Option<GlobalBatch>,
+) -> Result<Tensor> {
     expect_float("loss", loss)?;
     let dims = expect_shape("loss", loss, &[-1, -1])?;
     expect_shape("mask", mask, &dims)?;
     expect_device("mask", mask, loss.device())?;
+    if let Some(g) = &global {
+        g.validate()?;
+    }
     let keep = mask_as(mask, Kind::Bool)?;
     let m = mask_as(mask, loss.kind())?;
     let seq_sum = || masked_sum(loss, &keep, &m, Some(-1));
     let tokens = m.sum_dim_intlist(-1, false, None::<Kind>);
     let nonempty = tokens.gt(0.0).to_kind(loss.kind());
+    // a zero global count can only come with an all-empty numerator: divide by 1 instead
+    let positive = |n: f64| if n > 0.0 { n } else { 1.0 };
     let seq_mean = |per_seq: Tensor| {
         let s = (per_seq * &nonempty).sum(None::<Kind>);
-        safe_div(&s, &nonempty.sum(None::<Kind>))
+        match global {
+            Some(g) => s / positive(g.num_sequences),
+            None => safe_div(&s, &nonempty.sum(None::<Kind>)),
+        }
     };
     Ok(match mode {
         Aggregation::TokenMean => {
-            safe_div(&masked_sum(loss, &keep, &m, None), &m.sum(None::<Kind>))
+            let s = masked_sum(loss, &keep, &m, None);
+            match global {
+                Some(g) => s / positive(g.num_tokens),
+                None => safe_div(&s, &m.sum(None::<Kind>)),
+            }
         }
         Aggregation::SeqMeanTokenSum => seq_mean(seq_sum()),
         Aggregation::SeqMeanTokenMean => seq_mean(seq_sum() / (&tokens + MASKED_MEAN_EPS)),

@@ -90,6 +90,23 @@ fn contiguous_groups_equal_groups_from_interleaved_ids() {
 }
 
 #[test]
+fn string_uids_group_like_integer_ids() {
+    let uids = ["b7", "a1", "b7", "zz", "a1", "b7"];
+    let by_label = Groups::from_labels(&uids, CPU).unwrap();
+    assert_eq!(by_label.num_groups(), 3);
+    assert_eq!(
+        Vec::<i64>::try_from(by_label.index()).unwrap(),
+        vec![0, 1, 0, 2, 1, 0]
+    );
+    assert_eq!(to_vec(by_label.counts()), vec![3.0, 2.0, 1.0]);
+    let by_id = Groups::from_ids(&Tensor::from_slice(&[7i64, 1, 7, 9, 1, 7])).unwrap();
+    let x = Tensor::randn([6], (Kind::Float, CPU));
+    let a = advantage::group_normalize(&x, &by_label, GroupNorm::default()).unwrap();
+    let b = advantage::group_normalize(&x, &by_id, GroupNorm::default()).unwrap();
+    assert_eq!(to_vec(&a), to_vec(&b));
+}
+
+#[test]
 fn multi_reward_invalid_rollouts_rank_below_every_valid_one_and_pay_the_penalty() {
     // one group of 4: two valid (scores 2 and 5), two invalid (scores were zeroed)
     let groups = Groups::contiguous(1, 4, CPU).unwrap();

@@ -47,6 +47,27 @@ impl Groups {
         })
     }
 
+    /// Groups by arbitrary labels (e.g. uid strings) held on the host; groups are numbered by
+    /// first appearance. No device sync.
+    pub fn from_labels<T: std::hash::Hash + Eq>(labels: &[T], device: Device) -> Result<Self> {
+        let mut number: std::collections::HashMap<&T, i64> = std::collections::HashMap::new();
+        let mut counts: Vec<f64> = Vec::new();
+        let mut index = Vec::with_capacity(labels.len());
+        for label in labels {
+            let g = *number.entry(label).or_insert_with(|| {
+                counts.push(0.0);
+                counts.len() as i64 - 1
+            });
+            counts[g as usize] += 1.0;
+            index.push(g);
+        }
+        Ok(Self {
+            index: Tensor::f_from_slice(&index)?.f_to_device(device)?,
+            num_groups: counts.len() as i64,
+            counts: Tensor::f_from_slice(&counts)?.f_to_device(device)?,
+        })
+    }
+
     /// `num_groups` groups of `group_size` consecutive rollouts (the layout of `n` samples per
     /// prompt, repeated interleaved).
     pub fn contiguous(num_groups: i64, group_size: i64, device: Device) -> Result<Self> {

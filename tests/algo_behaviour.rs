@@ -551,6 +551,67 @@ fn bt_scores_are_clipped_and_no_valid_sample_reports_zero_accuracy_not_a_placeho
     ));
 }
 
+/// PRISM_ALGORITHM.md §11.7: the warm-up script guessed the padding side from `mask[0, 0]`; with
+/// left padding and a longest first row it read garbage for the other rows. We read the last
+/// valid token of every row, whatever its padding.
+#[test]
+fn last_valid_token_is_found_per_row_for_left_and_right_padding() {
+    let values = Tensor::from_slice(&[
+        1.0f32,
+        2.0,
+        3.0,
+        4.0, // full row (the longest, first)
+        0.0,
+        0.0,
+        7.0,
+        8.0, // left-padded
+        9.0,
+        10.0,
+        0.0,
+        0.0, // right-padded
+        f32::NAN,
+        5.0,
+        60.0,
+        0.0, // clip binds at the last valid token
+        1.0,
+        1.0,
+        1.0,
+        1.0, // no valid token
+    ])
+    .view([5, 4]);
+    let mask = Tensor::from_slice(&[
+        1i64, 1, 1, 1, //
+        0, 0, 1, 1, //
+        1, 1, 0, 0, //
+        1, 1, 1, 0, //
+        0, 0, 0, 0,
+    ])
+    .view([5, 4]);
+    let s =
+        discriminator::last_valid_token_scores(&values.unsqueeze(-1), &mask, Some(10.0)).unwrap();
+    assert_eq!(to_vec(&s), vec![4.0, 8.0, 10.0, 10.0, 0.0]);
+    // gradient flows only into the picked position
+    let v = values.nan_to_num(0.0, 0.0, 0.0).set_requires_grad(true);
+    discriminator::last_valid_token_scores(&v, &mask, None)
+        .unwrap()
+        .sum(Kind::Float)
+        .backward();
+    let g = to_vec(&v.grad());
+    assert_eq!(g.iter().sum::<f64>(), 4.0);
+    assert_eq!((g[3], g[7], g[9], g[14]), (1.0, 1.0, 1.0, 1.0));
+
+    let lengths = Tensor::from_slice(&[0i64, 9]);
+    let c = discriminator::length_corrected_scores(
+        &Tensor::from_slice(&[1.0f32, 1.0]),
+        &lengths,
+        0.5,
+        Some(10.0),
+    )
+    .unwrap();
+    let c = to_vec(&c);
+    assert!((c[0] - 1.0).abs() < 1e-7 && (c[1] - (1.0 - 0.5 * 10f64.ln())).abs() < 1e-6);
+}
+
 #[test]
 fn load_balancing_loss_is_one_for_perfectly_balanced_routing_and_rejects_bad_shapes() {
     // uniform router probabilities: f_e·p_e = (k/E)·(1/E) per expert → E·E·(k/E²) = k... with

@@ -128,6 +128,63 @@ pub fn sanitize_scores(scores: &Tensor, clip: Option<f64>) -> Result<Tensor> {
     })
 }
 
+/// The score of each sequence: the value-head output at its **last valid token**, after the
+/// per-token clean-up of §3.3 (non-finite → 0, clamp to ±`clip`).
+///
+/// `values [B, S]` (or `[B, S, 1]`), `attention_mask [B, S]` (1 = real token, left or right
+/// padding, or both) → `[B]`. A row without any valid token scores 0. This is the rule the
+/// warm-up script meant to implement: it inferred the padding side from `mask[0, 0]` alone, so
+/// with left padding and a longest first row it read pad/prompt positions for the other rows
+/// (PRISM_ALGORITHM.md §11.7).
+pub fn last_valid_token_scores(
+    values: &Tensor,
+    attention_mask: &Tensor,
+    clip: Option<f64>,
+) -> Result<Tensor> {
+    expect_float("values", values)?;
+    let values = match values.dim() {
+        3 => {
+            expect_shape("values", values, &[-1, -1, 1])?;
+            values.f_squeeze_dim(-1)?
+        }
+        _ => values.shallow_clone(),
+    };
+    let dims = expect_shape("values", &values, &[-1, -1])?;
+    expect_shape("attention_mask", attention_mask, &dims)?;
+    expect_device("attention_mask", attention_mask, values.device())?;
+    let valid = mask_as(attention_mask, Kind::Bool)?;
+    let clean = sanitize_scores(&values, clip)?;
+    // position of the last valid token: max over t of t·[valid] (0 for an empty row)
+    let positions = Tensor::f_arange(dims[1], (Kind::Int64, values.device()))?.unsqueeze(0);
+    let last = (positions * valid.to_kind(Kind::Int64)).f_argmax(-1, true)?;
+    let picked = clean.f_gather(-1, &last, false)?.f_squeeze_dim(-1)?;
+    let any = valid.f_any_dim(-1, false)?;
+    Ok(picked.where_scalarother(&any, 0.0))
+}
+
+/// Optional length correction of a segment score (§3.3, off in the paper config: β = 0):
+/// s − β·ln(1 + len), then clamp to ±`clip`. `scores [B]` float, `lengths [B]` token counts.
+pub fn length_corrected_scores(
+    scores: &Tensor,
+    lengths: &Tensor,
+    beta: f64,
+    clip: Option<f64>,
+) -> Result<Tensor> {
+    expect_float("scores", scores)?;
+    let b = expect_shape("scores", scores, &[-1])?[0];
+    expect_shape("lengths", lengths, &[b])?;
+    expect_device("lengths", lengths, scores.device())?;
+    if !beta.is_finite() {
+        return Err(config_err("beta", format!("must be finite, got {beta}")));
+    }
+    let len = lengths.f_to_kind(scores.kind())?.clamp_min(0.0);
+    let corrected = scores - len.log1p() * beta;
+    Ok(match clip {
+        Some(c) => corrected.f_clamp(-c, c)?,
+        None => corrected,
+    })
+}
+
 /// The alignment-stage discriminator loss (§4.2), for one micro-batch:
 ///
 /// Δcap = s^T_cap − s^S_cap, Δcot likewise (scores sanitised by [`sanitize_scores`]);

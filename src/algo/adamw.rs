@@ -420,7 +420,7 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
     for p in params {
         let mut g = p.grad();
         if g.defined() {
-            let _ = g.f_mul_(&coef.f_to_kind(g.kind())?)?;
+            let _ = g.f_mul_(&coef.f_to(g.device())?.f_to_kind(g.kind())?)?;
         }
     }
     Ok(total)
@@ -428,24 +428,20 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
 
 /// Total 2-norm of the gradients (0-dim f32), no clipping, no sync.
 pub fn grad_norm(params: &[Tensor]) -> Result<Tensor> {
+    // per-tensor norms on their own devices, gathered on the first gradient's device
     let mut norms = Vec::new();
-    let mut device = tch::Device::Cpu;
+    let mut first = None;
     for p in params {
         let g = p.grad();
         if g.defined() {
-            device = g.device();
-            norms.push(g.f_to_kind(Kind::Float)?.f_norm()?.f_to_device(device)?);
+            let device = *first.get_or_insert(g.device());
+            norms.push(g.f_to_kind(Kind::Float)?.f_norm()?.f_to(device)?);
         }
     }
-    if norms.is_empty() {
-        return Ok(Tensor::zeros([], (Kind::Float, device)));
+    match first {
+        None => Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu))),
+        Some(_) => Ok(Tensor::f_stack(&norms, 0)?.f_norm()?),
     }
-    let first = norms[0].device();
-    let norms = norms
-        .iter()
-        .map(|n| n.f_to_device(first))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(Tensor::f_stack(&norms, 0)?.f_norm()?)
 }
 
 /// A learning-rate schedule: a multiplier of the peak LR per optimizer step (0-based: the factor

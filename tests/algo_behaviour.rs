@@ -330,6 +330,77 @@ fn micro_batch_losses_with_global_normalisers_sum_to_the_mini_batch_loss() {
     }
 }
 
+/// The vectorised aggregation against the plain double loop, on random masks (incl. empty rows).
+#[test]
+fn vectorised_aggregation_equals_the_loop() {
+    tch::manual_seed(21);
+    for trial in 0..10 {
+        let (b, t) = (1 + trial % 4, 1 + trial % 5 * 2);
+        let loss = Tensor::randn([b, t], (Kind::Double, CPU));
+        let mask = Tensor::rand([b, t], (Kind::Double, CPU)).gt(0.4);
+        let l: Vec<Vec<f64>> = (0..b).map(|i| to_vec(&loss.get(i))).collect();
+        let m: Vec<Vec<bool>> = (0..b)
+            .map(|i| Vec::<bool>::try_from(mask.get(i)).unwrap())
+            .collect();
+        let (mut tok_sum, mut tok_n) = (0.0, 0.0);
+        let (mut seq_sums, mut seq_means) = (Vec::new(), Vec::new());
+        for i in 0..b as usize {
+            let (mut s, mut n) = (0.0, 0.0);
+            for j in 0..t as usize {
+                if m[i][j] {
+                    s += l[i][j];
+                    n += 1.0;
+                }
+            }
+            tok_sum += s;
+            tok_n += n;
+            if n > 0.0 {
+                seq_sums.push(s);
+                seq_means.push(s / (n + 1e-8));
+            }
+        }
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let cases = [
+            (
+                Aggregation::TokenMean,
+                if tok_n > 0.0 { tok_sum / tok_n } else { 0.0 },
+            ),
+            (Aggregation::SeqMeanTokenSum, mean(&seq_sums)),
+            (Aggregation::SeqMeanTokenMean, mean(&seq_means)),
+            (
+                Aggregation::SeqMeanTokenSumNorm { horizon: None },
+                mean(&seq_sums) / t as f64,
+            ),
+        ];
+        for (mode, want) in cases {
+            let got = scalar(&policy_loss::aggregate(&loss, &mask, mode).unwrap());
+            assert!(
+                (got - want).abs() < 1e-12,
+                "trial {trial} {mode:?}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_batches_are_handled_without_errors() {
+    let ids = Tensor::zeros([0], (Kind::Int64, CPU));
+    let groups = Groups::from_ids(&ids).unwrap();
+    assert!(groups.is_empty());
+    assert_eq!(groups.num_groups(), 0);
+    let x = Tensor::zeros([0], (Kind::Float, CPU));
+    let gn = advantage::group_normalize(&x, &groups, GroupNorm::default()).unwrap();
+    assert_eq!(gn.size(), vec![0]);
+    let f = advantage::dynamic_sampling_filter(&groups, &x).unwrap();
+    assert_eq!(f.kept.size(), vec![0]);
+}
+
 #[test]
 fn kl_and_entropy_terms_add_to_the_surrogate() {
     let (old, logp, adv, mask) = batch_tensors(6);

@@ -895,3 +895,69 @@ fn schedules_validate_and_warmup_ratio_rounds_up() {
         .is_err()
     );
 }
+
+/// Cost on CPU at the alignment stage's sizes (64 rollouts × 6144 tokens; 16-sample groups):
+/// `cargo test --test algo_behaviour -- --ignored --nocapture cost`. Prints, asserts nothing
+/// beyond finiteness; not part of the normal run.
+#[test]
+#[ignore]
+fn cost_at_alignment_sizes() {
+    let (b, t) = (64i64, 6144i64);
+    tch::manual_seed(1);
+    let old = -Tensor::rand([b, t], (Kind::Float, CPU)) * 3.0;
+    let logp = (&old + Tensor::randn([b, t], (Kind::Float, CPU)) * 0.1).set_requires_grad(true);
+    let mask = Tensor::ones([b, t], (Kind::Float, CPU));
+    let groups = Groups::contiguous(4, 16, CPU).unwrap();
+    let cap = Tensor::randn([b], (Kind::Float, CPU));
+    let fmt = Tensor::rand([b], (Kind::Float, CPU))
+        .gt(0.2)
+        .to_kind(Kind::Float);
+    let time = |name: &str, f: &mut dyn FnMut()| {
+        f();
+        let start = std::time::Instant::now();
+        let n = 5;
+        for _ in 0..n {
+            f();
+        }
+        println!(
+            "{name}: {:.3} ms",
+            start.elapsed().as_secs_f64() * 1e3 / n as f64
+        );
+    };
+    let mut adv = Tensor::zeros([b, t], (Kind::Float, CPU));
+    time("prism_multi_reward_advantage [64 x 6144]", &mut || {
+        let s = MultiRewardScores {
+            caption: &cap,
+            cot: &cap,
+            format: Some(&fmt),
+            acc: None,
+        };
+        adv = advantage::prism_multi_reward_advantage(
+            s,
+            &mask,
+            &groups,
+            &MultiRewardOptions::paper(),
+        )
+        .unwrap()
+        .token_level;
+    });
+    for cfg in [PolicyLoss::grpo(), PolicyLoss::gspo()] {
+        time(
+            &format!("policy_loss {:?} fwd+bwd [64 x 6144]", cfg.ratio),
+            &mut || {
+                let batch = PolicyBatch {
+                    log_prob: &logp,
+                    old_log_prob: &old,
+                    advantages: &adv,
+                    response_mask: &mask,
+                    ref_log_prob: None,
+                    entropy: None,
+                    global_batch: None,
+                };
+                let (loss, _) = policy_loss::policy_loss(&cfg, batch).unwrap();
+                loss.backward();
+                assert!(numerics::is_finite(&loss).unwrap());
+            },
+        );
+    }
+}

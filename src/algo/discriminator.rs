@@ -105,7 +105,7 @@ pub struct BtStats {
     pub n_valid: Tensor,
     /// `valid_ratio`: mean validity.
     pub valid_ratio: Tensor,
-    /// h = [global valid count > 0]: 1 when the pairwise loss was used, 0 for the fallback.
+    /// h = \[global valid count > 0\]: 1 when the pairwise loss was used, 0 for the fallback.
     pub pairwise_active: Tensor,
     /// Means over valid samples (0 if none) of the four sanitised scores.
     pub student_caption_mean: Tensor,
@@ -190,7 +190,7 @@ pub fn length_corrected_scores(
 /// Δcap = s^T_cap − s^S_cap, Δcot likewise (scores sanitised by [`sanitize_scores`]);
 /// L_cap = Σ mᵢ·(−log σ(Δcapᵢ)) / max(1, n_loc), L_cot likewise;
 /// L_fb = fallback_coef·(−log σ(mean s^T_cap) − log σ(mean s^T_cot)) over all samples;
-/// h = [n_glob > 0]; R = (mean s^S_cap² + mean s^S_cot² + mean s^T_cap² + mean s^T_cot²)/4 over
+/// h = \[n_glob > 0\]; R = (mean s^S_cap² + mean s^S_cot² + mean s^T_cap² + mean s^T_cot²)/4 over
 /// all samples (valid or not); L = h·(L_cap + L_cot) + (1−h)·L_fb + score_reg_coef·R.
 ///
 /// `valid [B]` (bool or 0/1) marks format-valid rollouts. `global_valid` is the number of valid
@@ -222,7 +222,8 @@ pub fn bradley_terry_loss(
     let n_glob = match global_valid {
         Some(g) => {
             expect_shape("global_valid", g, &[])?;
-            g.to_kind(kind)
+            expect_device("global_valid", g, device)?;
+            g.f_to_kind(kind)?
         }
         None => n_loc.shallow_clone(),
     };
@@ -268,7 +269,7 @@ pub fn bradley_terry_loss(
     Ok((loss, stats))
 }
 
-/// Warm-up pairwise loss (§4.1): d = s_T − s_S, loss = mean(−log σ(d)), acc = mean[d > 0].
+/// Warm-up pairwise loss (§4.1): d = s_T − s_S, loss = mean(−log σ(d)), acc = mean \[d > 0\].
 /// `teacher [B]`, `student [B]` → (loss, acc) 0-dim; acc is detached.
 pub fn pairwise_bt_loss(teacher: &Tensor, student: &Tensor) -> Result<(Tensor, Tensor)> {
     expect_float("teacher", teacher)?;

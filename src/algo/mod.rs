@@ -21,10 +21,12 @@
 //! experts, `L` router layers, `N` tokens. A response mask `[B, T]` is 1 on tokens that count
 //! (up to and including the first EOS) and 0 on padding; any float, integer or bool kind works.
 //! Functions validate shapes and kinds at entry (returning [`AlgoError`]) and then run plain tensor
-//! ops; none calls `.item()` or otherwise syncs with the host, except the few documented ones whose
-//! output shape depends on data (group ids → contiguous indices, the kept indices of the DAPO
-//! filter) and the explicit checks in [`numerics`]. Losses come back with a stats struct of
-//! tensors; the learner decides when to sync and log.
+//! ops; none calls `.item()` or otherwise syncs with the host, except the few documented ones:
+//! where the output shape depends on data ([`advantage::Groups::from_ids`],
+//! [`advantage::dynamic_sampling_filter`]), the token-id range check of
+//! [`policy_loss::token_log_probs`], the counts of [`policy_loss::GlobalBatch::of_masks`], and
+//! the explicit checks in [`numerics`]. Losses come back with a stats struct of tensors; the
+//! learner decides when to sync and log.
 //!
 //! The reference semantics are verl 0.9.1 `verl/trainer/ppo/core_algos.py` (golden vectors in
 //! `tests/fixtures/rl/`, produced by `tests/fixtures/gen_rl_reference.py`), and

@@ -19,6 +19,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score a JSONL file of responses with the verifiable reward (0.8·acc + 0.2·format).
+    Score(prism::reward::cli::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", doctor.report());
             }
+        }
+        Command::Score(args) => {
+            prism::reward::cli::run(&args)?;
         }
     }
     Ok(ExitCode::SUCCESS)

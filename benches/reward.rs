@@ -77,7 +77,7 @@ fn build(n: usize) -> Vec<(String, GroundTruth)> {
                     "<caption>\n{caption}\n</caption>\n<think>\n{thought}\n</think>\n<answer>{ans}</answer>"
                 ),
             };
-            let gt = if rng.next() % 4 == 0 {
+            let gt = if rng.next().is_multiple_of(4) {
                 GroundTruth::Any(vec![gt.to_string(), "unused alternative".to_string()])
             } else {
                 GroundTruth::One(gt.to_string())
@@ -103,6 +103,9 @@ fn main() {
         total += black_box(compute_score(black_box(r), g)).score;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("responses={n} seconds={secs:.3} mean_score={:.4}", total / n.max(1) as f64);
+    println!(
+        "responses={n} seconds={secs:.3} mean_score={:.4}",
+        total / n.max(1) as f64
+    );
     println!("rewards_per_second={:.0}", n as f64 / secs.max(1e-9));
 }

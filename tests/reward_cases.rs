@@ -7,7 +7,9 @@
 use prism::reward::{GroundTruth, RewardOutput, answers_match, compute_score, extract_answer};
 
 fn wrap(answer: &str) -> String {
-    format!("<caption>\n- a figure\n</caption>\n<think>\nworking\n</think>\n<answer>{answer}</answer>")
+    format!(
+        "<caption>\n- a figure\n</caption>\n<think>\nworking\n</think>\n<answer>{answer}</answer>"
+    )
 }
 
 /// (predicted answer, ground truth, should match)
@@ -225,26 +227,69 @@ fn answer_cases_through_compute_score() {
         let got = compute_score(&wrap(pred), &GroundTruth::from(*gt));
         let want = RewardOutput::valid(*expected);
         if got != want {
-            failures.push(format!("pred {pred:?} vs gt {gt:?}: got {got:?}, want acc {expected}"));
+            failures.push(format!(
+                "pred {pred:?} vs gt {gt:?}: got {got:?}, want acc {expected}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert!(ANSWER_CASES.len() >= 150, "only {} answer cases", ANSWER_CASES.len());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        ANSWER_CASES.len() >= 150,
+        "only {} answer cases",
+        ANSWER_CASES.len()
+    );
 }
 
 /// Full responses (format and answer), ground truth, expected score.
 const RESPONSE_CASES: &[(&str, &str, f64)] = &[
-    ("<caption>c</caption><think>t</think><answer>5</answer>", "5", 1.0),
-    ("<caption>c</caption><think>t</think><answer>6</answer>", "5", 0.2),
-    ("  \n<caption>c</caption>\n\n<think>t</think>\n<answer> 5 </answer>\n\n", "5", 1.0),
+    (
+        "<caption>c</caption><think>t</think><answer>5</answer>",
+        "5",
+        1.0,
+    ),
+    (
+        "<caption>c</caption><think>t</think><answer>6</answer>",
+        "5",
+        0.2,
+    ),
+    (
+        "  \n<caption>c</caption>\n\n<think>t</think>\n<answer> 5 </answer>\n\n",
+        "5",
+        1.0,
+    ),
     // Text after </answer> (not whitespace): invalid.
-    ("<caption>c</caption><think>t</think><answer>5</answer>.", "5", 0.0),
-    ("<caption>c</caption><think>t</think><answer>5</answer> Done!", "5", 0.0),
+    (
+        "<caption>c</caption><think>t</think><answer>5</answer>.",
+        "5",
+        0.0,
+    ),
+    (
+        "<caption>c</caption><think>t</think><answer>5</answer> Done!",
+        "5",
+        0.0,
+    ),
     // Text before <caption>: invalid.
-    ("Sure! <caption>c</caption><think>t</think><answer>5</answer>", "5", 0.0),
+    (
+        "Sure! <caption>c</caption><think>t</think><answer>5</answer>",
+        "5",
+        0.0,
+    ),
     // Text between blocks: invalid.
-    ("<caption>c</caption> so <think>t</think><answer>5</answer>", "5", 0.0),
-    ("<caption>c</caption><think>t</think> thus <answer>5</answer>", "5", 0.0),
+    (
+        "<caption>c</caption> so <think>t</think><answer>5</answer>",
+        "5",
+        0.0,
+    ),
+    (
+        "<caption>c</caption><think>t</think> thus <answer>5</answer>",
+        "5",
+        0.0,
+    ),
     // Missing tags.
     ("<think>t</think><answer>5</answer>", "5", 0.0),
     ("<caption>c</caption><answer>5</answer>", "5", 0.0),
@@ -254,23 +299,67 @@ const RESPONSE_CASES: &[(&str, &str, f64)] = &[
     ("5", "5", 0.0),
     ("", "5", 0.0),
     // Wrong order.
-    ("<think>t</think><caption>c</caption><answer>5</answer>", "5", 0.0),
+    (
+        "<think>t</think><caption>c</caption><answer>5</answer>",
+        "5",
+        0.0,
+    ),
     // Case matters in tags.
-    ("<Caption>c</Caption><think>t</think><answer>5</answer>", "5", 0.0),
+    (
+        "<Caption>c</Caption><think>t</think><answer>5</answer>",
+        "5",
+        0.0,
+    ),
     // Nested / repeated tags that backtracking accepts.
-    ("<caption>a</caption><think>b</think><answer>5</answer> junk <answer>6</answer>", "5", 1.0),
-    ("<caption><caption>c</caption></caption><think>t</think><answer>5</answer>", "5", 1.0),
-    ("<caption>c</caption><think>I'd write <answer>6</answer></think><answer>5</answer>", "5", 1.0),
-    ("<caption>c</caption><think>a</think><think>b</think><answer>5</answer>", "5", 1.0),
+    (
+        "<caption>a</caption><think>b</think><answer>5</answer> junk <answer>6</answer>",
+        "5",
+        1.0,
+    ),
+    (
+        "<caption><caption>c</caption></caption><think>t</think><answer>5</answer>",
+        "5",
+        1.0,
+    ),
+    (
+        "<caption>c</caption><think>I'd write <answer>6</answer></think><answer>5</answer>",
+        "5",
+        1.0,
+    ),
+    (
+        "<caption>c</caption><think>a</think><think>b</think><answer>5</answer>",
+        "5",
+        1.0,
+    ),
     // Empty answer: format reward only (as the original).
-    ("<caption>c</caption><think>t</think><answer></answer>", "5", 0.2),
-    ("<caption>c</caption><think>t</think><answer>   </answer>", "", 0.2),
+    (
+        "<caption>c</caption><think>t</think><answer></answer>",
+        "5",
+        0.2,
+    ),
+    (
+        "<caption>c</caption><think>t</think><answer>   </answer>",
+        "",
+        0.2,
+    ),
     // Empty caption and think are fine.
-    ("<caption></caption><think></think><answer>5</answer>", "5", 1.0),
+    (
+        "<caption></caption><think></think><answer>5</answer>",
+        "5",
+        1.0,
+    ),
     // Boxed inside the answer.
-    ("<caption>c</caption><think>t</think><answer>\\boxed{5}</answer>", "5", 1.0),
+    (
+        "<caption>c</caption><think>t</think><answer>\\boxed{5}</answer>",
+        "5",
+        1.0,
+    ),
     // Python-only whitespace between blocks.
-    ("<caption>c</caption>\u{1c}<think>t</think>\u{3000}<answer>5</answer>\u{a0}", "5", 1.0),
+    (
+        "<caption>c</caption>\u{1c}<think>t</think>\u{3000}<answer>5</answer>\u{a0}",
+        "5",
+        1.0,
+    ),
 ];
 
 #[test]
@@ -301,7 +390,10 @@ fn ground_truth_lists() {
     assert_eq!(compute_score(&wrap("0.5"), &gt).acc, 1.0);
     assert_eq!(compute_score(&wrap("one half"), &gt).acc, 1.0);
     assert_eq!(compute_score(&wrap("0.6"), &gt).acc, 0.0);
-    assert_eq!(compute_score(&wrap("0.5"), &GroundTruth::Any(vec![])).acc, 0.0);
+    assert_eq!(
+        compute_score(&wrap("0.5"), &GroundTruth::Any(vec![])).acc,
+        0.0
+    );
     let parsed: GroundTruth = serde_json::from_str(r#"["A", "(A) 5"]"#).expect("list");
     assert_eq!(parsed, GroundTruth::Any(vec!["A".into(), "(A) 5".into()]));
     let parsed: GroundTruth = serde_json::from_str(r#""A""#).expect("string");
@@ -315,7 +407,10 @@ fn extraction() {
     // Invalid format (evaluation path): first answer block, else last boxed.
     assert_eq!(extract_answer("blah <answer>3</answer> tail"), Some("3"));
     assert_eq!(extract_answer("so \\boxed{2} or \\boxed{ 4 }"), Some("4"));
-    assert_eq!(extract_answer("so \\boxed{\\frac{1}{2}}"), Some("\\frac{1}{2}"));
+    assert_eq!(
+        extract_answer("so \\boxed{\\frac{1}{2}}"),
+        Some("\\frac{1}{2}")
+    );
     assert_eq!(extract_answer("nothing here"), None);
     assert_eq!(extract_answer("\\boxed{unclosed"), None);
 }
@@ -323,7 +418,12 @@ fn extraction() {
 #[test]
 fn symmetric_where_documented() {
     // Numeric equality is symmetric for these; choice matching is keyed on the ground truth.
-    for (a, b) in [("1/2", "0.5"), ("1,000", "1000"), ("12 cm", "12"), ("three", "3")] {
+    for (a, b) in [
+        ("1/2", "0.5"),
+        ("1,000", "1000"),
+        ("12 cm", "12"),
+        ("three", "3"),
+    ] {
         assert!(answers_match(a, b) && answers_match(b, a), "{a} / {b}");
     }
 }

@@ -20,7 +20,11 @@ fn scores_a_file_and_names_the_bad_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
     let output = dir.path().join("out.jsonl");
-    fs::write(&input, format!("{GOOD}\n{WRONG}\n\n{INVALID}\n{BAD_JSON}\n{BAD_FIELD}\n")).expect("write");
+    fs::write(
+        &input,
+        format!("{GOOD}\n{WRONG}\n\n{INVALID}\n{BAD_JSON}\n{BAD_FIELD}\n"),
+    )
+    .expect("write");
 
     // Without --skip-bad: fails naming file and line 5, and writes no output at all.
     let out = prism()
@@ -35,7 +39,11 @@ fn scores_a_file_and_names_the_bad_line() {
     assert!(stderr.contains("in.jsonl:5:"), "stderr: {stderr}");
     assert!(!output.exists(), "partial output left behind");
     let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
-    assert_eq!(leftovers.len(), 1, "temporary file left behind: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "temporary file left behind: {leftovers:?}"
+    );
 
     // With --skip-bad: bad lines 5 and 6 skipped and reported, the rest scored in order.
     let out = prism()
@@ -51,7 +59,10 @@ fn scores_a_file_and_names_the_bad_line() {
     assert!(stderr.contains("in.jsonl:6"), "stderr: {stderr}");
     assert!(stderr.contains("skipped 2 bad lines"), "stderr: {stderr}");
     let text = fs::read_to_string(&output).expect("output");
-    let rows: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(rows.len(), 3);
     let expect = [(1, 1.0, 1.0, 1.0), (2, 0.2, 0.0, 1.0), (3, 0.0, 0.0, 0.0)];
     for (row, (id, score, acc, format)) in rows.iter().zip(expect) {

@@ -175,13 +175,31 @@ fn format_matches_cpython_re_on_5000_strings() {
             n_valid += 1;
             let cap: Vec<usize> = serde_json::from_value(rec["caption"].clone()).expect("caption");
             let cot: Vec<usize> = serde_json::from_value(rec["cot"].clone()).expect("cot");
-            assert_eq!(char_span(s, &spans.caption).to_vec(), cap, "line {}: {s:?}", i + 1);
-            assert_eq!(char_span(s, &spans.cot).to_vec(), cot, "line {}: {s:?}", i + 1);
+            assert_eq!(
+                char_span(s, &spans.caption).to_vec(),
+                cap,
+                "line {}: {s:?}",
+                i + 1
+            );
+            assert_eq!(
+                char_span(s, &spans.cot).to_vec(),
+                cot,
+                "line {}: {s:?}",
+                i + 1
+            );
         }
         // The backtracking reference agrees with CPython too (validates the reference).
-        assert_eq!(reference_match(s).is_some(), valid, "reference, line {}", i + 1);
+        assert_eq!(
+            reference_match(s).is_some(),
+            valid,
+            "reference, line {}",
+            i + 1
+        );
     }
-    assert!(n >= 5000 && n_valid > 1000, "fixture too small: {n} / {n_valid}");
+    assert!(
+        n >= 5000 && n_valid > 1000,
+        "fixture too small: {n} / {n_valid}"
+    );
 }
 
 #[test]
@@ -288,8 +306,8 @@ fn reference_split(pieces: &[Vec<u8>]) -> TokenSplit {
     let decode = |k: usize| String::from_utf8_lossy(&pieces[..k].concat()).into_owned();
     let len = pieces.len();
     let text = decode(len);
-    let cap_end = split_text(&text)
-        .and_then(|sp| (1..=len).find(|&k| decode(k).contains(sp.caption)));
+    let cap_end =
+        split_text(&text).and_then(|sp| (1..=len).find(|&k| decode(k).contains(sp.caption)));
     let (valid, cap_end) = match cap_end {
         Some(k) => (true, k),
         None => (false, fallback_caption_end(len)),
@@ -321,9 +339,15 @@ fn tokenize(text: &str, cuts: &[usize], specials: &[usize]) -> Vec<Vec<u8>> {
 
 fn response_text() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("<caption>\n- a red 😀 ball\n</caption>\n<think>r</think>\n<answer>3</answer>".to_string()),
+        Just(
+            "<caption>\n- a red 😀 ball\n</caption>\n<think>r</think>\n<answer>3</answer>"
+                .to_string()
+        ),
         Just("  <caption>é</caption><think>a</think> <answer></answer>\n".to_string()),
-        Just("<caption>a</caption><think>b</think><answer>c</answer> junk <answer>d</answer>".to_string()),
+        Just(
+            "<caption>a</caption><think>b</think><answer>c</answer> junk <answer>d</answer>"
+                .to_string()
+        ),
         Just("no tags at all, just text".to_string()),
         skeleton_string(),
     ]

@@ -22,10 +22,55 @@ fn wrap(answer: &str) -> String {
 }
 
 const PIECES: &[&str] = &[
-    "<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>", "\\frac", "{", "}",
-    "(", ")", "[", "]", "\\boxed{", "\\text{", "\\left(", "\\right)", "\\sqrt", "^", "1e999999",
-    "9", ",", ";", "%", "$", "\\", "(1)", "(2)", "B", "(B)", "answer is", " ", "\n", "é", "😀",
-    "\u{1c}", "-", "/", "e", ".", "°", "^\\circ", "three", "yes", "cm", "\\{", "\\}", "=", "x",
+    "<caption>",
+    "</caption>",
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "\\frac",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    "\\boxed{",
+    "\\text{",
+    "\\left(",
+    "\\right)",
+    "\\sqrt",
+    "^",
+    "1e999999",
+    "9",
+    ",",
+    ";",
+    "%",
+    "$",
+    "\\",
+    "(1)",
+    "(2)",
+    "B",
+    "(B)",
+    "answer is",
+    " ",
+    "\n",
+    "é",
+    "😀",
+    "\u{1c}",
+    "-",
+    "/",
+    "e",
+    ".",
+    "°",
+    "^\\circ",
+    "three",
+    "yes",
+    "cm",
+    "\\{",
+    "\\}",
+    "=",
+    "x",
 ];
 
 fn adversarial() -> impl Strategy<Value = String> {
@@ -84,13 +129,29 @@ fn deep_nesting_and_huge_inputs() {
         "<caption>".repeat(n / 9),
         "</caption><think>".repeat(n / 17),
         format!("<caption>{}", "</caption> <think></think> ".repeat(n / 30)),
-        format!("<caption>a</caption><think>{}</think><answer>1</answer>", "</think>\n".repeat(n / 9)),
-        format!("<caption>a</caption><think>b</think><answer>{}</answer>", "</answer>".repeat(n / 9)),
-        format!("<caption>a</caption><think>b</think><answer>{}</answer>", "(".repeat(1000)),
-        format!("<caption>a</caption><think>b</think><answer>{}</answer>", "{1,".repeat(300)),
+        format!(
+            "<caption>a</caption><think>{}</think><answer>1</answer>",
+            "</think>\n".repeat(n / 9)
+        ),
+        format!(
+            "<caption>a</caption><think>b</think><answer>{}</answer>",
+            "</answer>".repeat(n / 9)
+        ),
+        format!(
+            "<caption>a</caption><think>b</think><answer>{}</answer>",
+            "(".repeat(1000)
+        ),
+        format!(
+            "<caption>a</caption><think>b</think><answer>{}</answer>",
+            "{1,".repeat(300)
+        ),
     ];
     for s in &cases {
-        let label = format!("input of {} bytes starting {:?}", s.len(), &s.chars().take(12).collect::<String>());
+        let label = format!(
+            "input of {} bytes starting {:?}",
+            s.len(),
+            &s.chars().take(12).collect::<String>()
+        );
         timed(&label, || compute_score(s, &GroundTruth::from("1")));
         timed(&label, || parse_format(s));
         timed(&label, || extract_answer(s));
@@ -99,7 +160,12 @@ fn deep_nesting_and_huge_inputs() {
         let short: String = s.chars().take(4000).collect();
         timed(&label, || answers_match(&short, &short));
         timed(&label, || answers_match("1", &short));
-        timed(&label, || compute_score(&wrap(&short.chars().take(1000).collect::<String>()), &GroundTruth::from(short.as_str())));
+        timed(&label, || {
+            compute_score(
+                &wrap(&short.chars().take(1000).collect::<String>()),
+                &GroundTruth::from(short.as_str()),
+            )
+        });
     }
 }
 

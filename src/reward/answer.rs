@@ -129,10 +129,11 @@ pub fn extract_boxed(text: &str) -> Option<&str> {
         for (i, _) in text.match_indices(pat) {
             let after = i + pat.len();
             let open = after + (text[after..].len() - text[after..].trim_start().len());
-            if bytes.get(open) == Some(&b'{') && close_of[open] != usize::MAX {
-                if best.is_none_or(|(start, _)| start < open) {
-                    best = Some((open, close_of[open]));
-                }
+            if bytes.get(open) == Some(&b'{')
+                && close_of[open] != usize::MAX
+                && best.is_none_or(|(start, _)| start < open)
+            {
+                best = Some((open, close_of[open]));
             }
         }
     }
@@ -333,7 +334,7 @@ pub fn clean(raw: &str) -> String {
     let s = strip_math_delimiters(s);
     let mut s = delatex(s, 0);
     // Math-mode `$` pairs inside the text ("$5$ cm"); a lone `$` is currency.
-    if s.matches('$').count() % 2 == 0 {
+    if s.matches('$').count().is_multiple_of(2) {
         s.retain(|c| c != '$');
     }
     let s = s
@@ -417,7 +418,8 @@ static CHOICE_LEAD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:\(([A-J])\)|([A-J])[):])\s+\S|^([A-J])\.\s+[-+(\[{0-9]").expect("static regex")
 });
 static CHOICE_LEAD_ANY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:\(([A-J])\)|([A-J])[.):])\s+\S").expect("static regex")
+    // The last group is the option text; the letter groups come first (see `first_letter`).
+    Regex::new(r"(?s)^(?:\(([A-J])\)|([A-J])[.):])\s+(\S.*)$").expect("static regex")
 });
 static CHOICE_PHRASE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i:\b(?:answer|option|choice)\s*(?:is\s*:?|:)?\s*)(?:[(\[]\s*([A-Ja-j])\s*[)\]]|([A-J]))(?:$|[^A-Za-z0-9])")
@@ -448,9 +450,9 @@ fn gt_choice(g: &str) -> Option<(char, Option<&str>)> {
     let c = CHOICE_LEAD.captures(g)?;
     let letter = first_letter(&c)?;
     let text = CHOICE_LEAD_ANY
-        .find(g)
-        .map(|m| py_trim(&g[m.end().saturating_sub(1)..]));
-    let text = text.or_else(|| g.find(char::is_whitespace).map(|i| py_trim(&g[i..])));
+        .captures(g)
+        .and_then(|c| c.get(3))
+        .map(|m| py_trim(m.as_str()));
     Some((letter, text.filter(|t| !t.is_empty())))
 }
 
@@ -1095,7 +1097,10 @@ fn normalize_unit(u: &str) -> String {
         let stem = w
             .strip_suffix("es")
             .filter(|s| s.ends_with("ch") || s.ends_with("sh") || s.ends_with('x'))
-            .or_else(|| w.strip_suffix('s').filter(|s| s.len() >= 2 && !s.ends_with('s')));
+            .or_else(|| {
+                w.strip_suffix('s')
+                    .filter(|s| s.len() >= 2 && !s.ends_with('s'))
+            });
         match stem {
             Some(st) => UNIT_SYNONYMS
                 .iter()
@@ -1121,7 +1126,10 @@ fn looks_like_unit(rest: &str) -> bool {
     for c in r.chars() {
         let ok = c.is_alphabetic()
             || c == ' '
-            || matches!(c, '°' | '/' | '^' | '²' | '³' | '.' | '{' | '}' | '$' | '€' | '£' | '¥')
+            || matches!(
+                c,
+                '°' | '/' | '^' | '²' | '³' | '.' | '{' | '}' | '$' | '€' | '£' | '¥'
+            )
             || (matches!(c, '2' | '3') && matches!(prev, '^' | '{'));
         if !ok {
             return false;
@@ -1173,9 +1181,9 @@ fn parse_quantity(s: &str) -> Option<Quantity> {
             // Number words: "three", "twenty one apples".
             let lower = t.to_lowercase();
             let words: Vec<&str> = lower.split_whitespace().collect();
-            let found = (1..=words.len().min(2)).rev().find_map(|n| {
-                number_word(&words[..n].join(" ")).map(|v| (v, n))
-            });
+            let found = (1..=words.len().min(2))
+                .rev()
+                .find_map(|n| number_word(&words[..n].join(" ")).map(|v| (v, n)));
             let (v, n) = found?;
             let rest = words[n..].join(" ");
             owned = rest;
@@ -1308,6 +1316,10 @@ fn match_value(p: &str, g: &str, depth: usize) -> bool {
     if p == g || canon_text(p) == canon_text(g) {
         return true;
     }
+    // Yes/no first: "No, because …" must not be split into parts.
+    if let Some(gy) = gt_yes_no(g) {
+        return pred_yes_no(p) == Some(gy);
+    }
     let gp = split_parts(g);
     let pp = split_parts(p);
     if gp.len() != pp.len() {
@@ -1335,7 +1347,9 @@ fn match_value(p: &str, g: &str, depth: usize) -> bool {
     if gp.len() == 1 {
         return match_single(p, g, depth + 1);
     }
-    gp.iter().zip(&pp).all(|(g, p)| match_single(p, g, depth + 1))
+    gp.iter()
+        .zip(&pp)
+        .all(|(g, p)| match_single(p, g, depth + 1))
 }
 
 /// One part against one part (rules 2, 3 for bracketed groups, 4, 5).

@@ -209,9 +209,7 @@ pub fn score_file(
             summary.acc_sum += acc;
             summary.format_sum += format;
         }
-        let file = writer
-            .into_inner()
-            .map_err(|e| write_err(e.into_error()))?;
+        let file = writer.into_inner().map_err(|e| write_err(e.into_error()))?;
         file.sync_all().map_err(write_err)?;
         Ok(summary)
     })();

@@ -89,3 +89,81 @@ fn missing_input_is_a_clear_error() {
     assert!(stderr.contains("nope.jsonl"), "stderr: {stderr}");
     assert!(!dir.path().join("out.jsonl").exists());
 }
+
+#[test]
+fn crlf_invalid_utf8_and_overwrite_keep_line_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("mixed.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(GOOD.as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(b"{\"response\": \"\xff\xfe\", \"ground_truth\": \"1\"}\n");
+    bytes.extend_from_slice(b"[1, 2]\n");
+    // A line that already has a `score` key: it is overwritten, not duplicated.
+    bytes.extend_from_slice(
+        br#"{"response": "<caption>c</caption><think>t</think><answer>1/2</answer>", "ground_truth": "0.5", "score": -1}"#,
+    );
+    fs::write(&input, &bytes).expect("write");
+    fs::write(&output, "stale\n").expect("write stale output");
+
+    // Failing run: the old output stays exactly as it was.
+    let out = prism()
+        .args(["score", "--in"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .output()
+        .expect("run prism");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mixed.jsonl:2: invalid UTF-8"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(fs::read_to_string(&output).expect("read"), "stale\n");
+
+    let out = prism()
+        .args(["score", "--skip-bad", "--in"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .output()
+        .expect("run prism");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("mixed.jsonl:2: invalid UTF-8"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("mixed.jsonl:3: expected a JSON object"),
+        "stderr: {stderr}"
+    );
+    let text = fs::read_to_string(&output).expect("output");
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["score"].as_f64(), Some(1.0));
+    assert_eq!(rows[1]["score"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn unwritable_output_names_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    fs::write(&input, format!("{GOOD}\n")).expect("write");
+    let missing_dir = dir.path().join("no_such_dir").join("out.jsonl");
+    let out = prism()
+        .args(["score", "--in"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&missing_dir)
+        .output()
+        .expect("run prism");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no_such_dir"), "stderr: {stderr}");
+}

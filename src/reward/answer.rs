@@ -28,16 +28,17 @@
 //!    a leading article (a/an/the) removed, trailing `.!?` removed, whitespace kept only between
 //!    two alphanumerics, braces around a single character removed (`x^{2}` = `x^2`). Periods
 //!    between digits are kept, so `3.5` ≠ `35`.
-//! 3. **Multi-part.** Both sides are split into parts on top-level `;`, else top-level `,`
-//!    (depth over `()[]{}`), or on numbered items `(1) … (2) …`. A comma between a digit and
-//!    exactly three digits is a thousands separator, not a split (`1,000` is one number; `3,5`
-//!    is two parts). Parts are compared **in order**; the counts must be equal. A bracketed
-//!    group with top-level commas (`(3, 4)`, `[0, 1)`, `\{1, 2\}`) compares item by item and its
-//!    brackets must be the same on both sides, except `{…}` sets, which compare as unordered
-//!    multisets. A bare list on one side may match a bracketed group of the same length on the
-//!    other (`3, 4` vs `(3, 4)`).
-//! 4. **Yes/no.** If the ground truth is yes/no/true/false, the prediction's first word decides
-//!    (`yes` = `true`, `no` = `false`; "No, because …" is no).
+//! 3. **Yes/no.** If the ground truth is yes/no/true/false, the prediction's first word decides
+//!    (`yes` = `true`, `no` = `false`; "No, because …" is no). Checked before any splitting.
+//! 4. **Multi-part.** Both sides are split into parts on top-level `;`, else top-level `,`
+//!    (depth over `()[]{}`), or on numbered items `(1) … (2) …`; `;` and `,` lists are
+//!    interchangeable. A comma between a digit and exactly three digits is a thousands
+//!    separator, not a split (`1,000` is one number; `3,5` is two parts). Parts are compared
+//!    **in order**; the counts must be equal. A bracketed group with top-level commas
+//!    (`(3, 4)`, `[0, 1)`, `\{1, 2\}`) compares item by item and its brackets must be the same
+//!    on both sides, except `{…}` sets, which compare as unordered multisets (up to
+//!    [`MAX_SET_ITEMS`] items). A bare list on one side may match a bracketed group of the same
+//!    length on the other (`3, 4` vs `(3, 4)`).
 //! 5. **Numbers.** If the ground truth is a quantity, the prediction must be one too:
 //!    an arithmetic expression (integers, decimals, `1e-3`, thousands separators, `a/b`,
 //!    `\frac{a}{b}`, `\frac12`, mixed numbers `2\frac{1}{2}`, `\sqrt{x}`, `\sqrt[n]{x}`, `√`,

@@ -4,7 +4,7 @@
 //! model: this module never imports tch, never touches devices or actors, and never panics on
 //! user strings.
 //!
-//! - [`format`]: the PRISM format rule (PRISM_ALGORITHM.md §1.2, exact Python `re.match`
+//! - [`format`](mod@format): the PRISM format rule (PRISM_ALGORITHM.md §1.2, exact Python `re.match`
 //!   semantics without a regex engine), the caption / reasoning split on text and on token ids
 //!   (§3.1), and the invalid-response fallback split (§1.3).
 //! - [`answer`]: answer extraction (`<answer>`, `\boxed{}`) and the matching rules (numbers,
@@ -23,4 +23,4 @@ pub use format::{
     FormatSpans, TextSplit, TokenSplit, fallback_caption_end, is_format_valid, parse_format,
     split_text, split_tokens_by_decode, split_tokens_by_offsets,
 };
-pub use score::{GroundTruth, RewardOutput, compute_score};
+pub use score::{GroundTruth, RewardOutput, accuracy_ungated, compute_score};

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::answer::{MAX_ANSWER_CHARS, answers_match};
+use super::answer::{MAX_ANSWER_CHARS, answers_match, extract_answer};
 use super::format::{is_py_space, parse_format};
 
 /// Weight of answer accuracy in the score.
@@ -91,6 +91,22 @@ pub fn compute_score(response: &str, ground_truth: &GroundTruth) -> RewardOutput
     RewardOutput::valid(acc)
 }
 
+/// Accuracy without format gating, for evaluation (§1.3: evaluation does not gate on format).
+///
+/// The graded answer is [`extract_answer`]'s (the answer block, else the first
+/// `<answer>…</answer>`, else the last `\boxed{…}`), or the whole trimmed response when there is
+/// none. Same matching rules and length limit as [`compute_score`].
+pub fn accuracy_ungated(response: &str, ground_truth: &GroundTruth) -> bool {
+    let answer = extract_answer(response).unwrap_or_else(|| response.trim_matches(is_py_space));
+    if answer.is_empty() || answer.chars().nth(MAX_ANSWER_CHARS - 1).is_some() {
+        return false;
+    }
+    ground_truth
+        .answers()
+        .iter()
+        .any(|g| answers_match(answer, g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +119,15 @@ mod tests {
         assert_eq!(compute_score(ok, &gt), RewardOutput::valid(true));
         assert_eq!(compute_score(wrong, &gt).score, 0.2);
         assert_eq!(compute_score("5", &gt), RewardOutput::INVALID);
+    }
+
+    #[test]
+    fn ungated_accuracy_for_eval() {
+        let gt = GroundTruth::from("5");
+        assert!(accuracy_ungated("5", &gt));
+        assert!(accuracy_ungated("<answer>5</answer> and more", &gt));
+        assert!(accuracy_ungated("so the result is \\boxed{5}.", &gt));
+        assert!(!accuracy_ungated("<answer>6</answer>", &gt));
+        assert!(!accuracy_ungated("", &gt));
     }
 }

@@ -181,3 +181,86 @@ fn big_sets_stay_bounded() {
     let small_rev = format!("\\{{{}\\}}", rev[1800..].join(","));
     timed("set of 200", || answers_match(&small_rev, &small));
 }
+
+/// `1234567` → `1,234,567`.
+fn with_commas(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn fraction_equals_its_decimal(a in -1_000_000i64..1_000_000, b in 1i64..1000) {
+        let frac = format!("\\frac{{{a}}}{{{b}}}");
+        let dec = format!("{:.12}", a as f64 / b as f64);
+        prop_assert!(answers_match(&dec, &frac), "{dec} vs {frac}");
+        prop_assert!(answers_match(&frac, &dec), "{frac} vs {dec}");
+        let slash = format!("{a}/{b}");
+        prop_assert!(answers_match(&slash, &frac), "{slash} vs {frac}");
+        // Off by 1e-4 relative (plus 1e-3 absolute for zero): well outside the 1e-6 tolerance.
+        let v = a as f64 / b as f64;
+        let off = format!("{:.12}", v + v.abs() * 1e-4 + 1e-3);
+        prop_assert!(!answers_match(&off, &frac), "{off} vs {frac}");
+    }
+
+    #[test]
+    fn integers_with_separators_and_neighbours(n in 0u64..10_000_000_000_000) {
+        let plain = n.to_string();
+        let grouped = with_commas(n);
+        prop_assert!(answers_match(&grouped, &plain), "{grouped} vs {plain}");
+        prop_assert!(answers_match(&plain, &grouped), "{plain} vs {grouped}");
+        let next = (n + 1).to_string();
+        prop_assert!(!answers_match(&next, &plain), "{next} vs {plain}");
+        let boxed = format!("$\\boxed{{{grouped}}}$");
+        prop_assert!(answers_match(&boxed, &plain), "{boxed} vs {plain}");
+    }
+
+    #[test]
+    fn choice_spellings(letter in 0u8..8, other in 0u8..8, template in 0usize..9) {
+        let l = (b'A' + letter) as char;
+        let o = (b'A' + other) as char;
+        let spelled = match template {
+            0 => format!("{l}"),
+            1 => format!("({l})"),
+            2 => format!("{l}."),
+            3 => format!("{l})"),
+            4 => format!("option {l}"),
+            5 => format!("The answer is {l}"),
+            6 => format!("{l}: the second one"),
+            7 => format!("Answer: ({l})"),
+            _ => format!("\\boxed{{{l}}}"),
+        };
+        prop_assert!(answers_match(&spelled, &l.to_string()), "{spelled} vs {l}");
+        prop_assert!(answers_match(&spelled, &format!("({l}) 12 cm")), "{spelled} vs ({l}) 12 cm");
+        if o != l {
+            prop_assert!(!answers_match(&spelled, &o.to_string()), "{spelled} vs {o}");
+        }
+    }
+
+    #[test]
+    fn whitespace_around_blocks_keeps_format(
+        ws in prop::collection::vec(
+            prop::sample::select(vec!["", " ", "\n", "\t", "\r\n", "\u{1c}", "\u{a0}", "\u{3000}", "\u{2029}"]),
+            4,
+        ),
+        answer in 0u32..1000,
+    ) {
+        let r = format!(
+            "{}<caption>c</caption>{}<think>t</think>{}<answer>{answer}</answer>{}",
+            ws[0], ws[1], ws[2], ws[3]
+        );
+        let out = compute_score(&r, &GroundTruth::One(answer.to_string()));
+        prop_assert_eq!(out.score, 1.0, "{:?}", r);
+        let bad = format!("{r}.");
+        prop_assert_eq!(compute_score(&bad, &GroundTruth::One(answer.to_string())).score, 0.0);
+    }
+}

@@ -48,8 +48,10 @@
 //!    `\frac{a}{b}`, `\frac12`, mixed numbers `2\frac{1}{2}`, `\sqrt{x}`, `\sqrt[n]{x}`, `√`,
 //!    `π`, `+ - * / ^`, brackets, implicit products like `2\sqrt{3}`) or a number word
 //!    (zero…ninety-nine, hundred, thousand: "three" = 3), optionally `x =` in front, a currency
-//!    sign in front and a percent sign or a unit after it. Values match within relative
-//!    tolerance 1e-6 (absolute 1e-9 when the truth is 0); non-finite values never match.
+//!    sign in front and a percent sign or a unit after it. Two plain integers (digits,
+//!    sign, thousands commas, or number words) must be equal digit for digit; other values match
+//!    within relative tolerance 1e-6 (absolute 1e-9 when the truth is 0). Non-finite values
+//!    never match.
 //!    **Percent:** if only one side has `%`, either reading is accepted (`50%` = `50` = `0.5`);
 //!    if both do, the numbers compare directly. **Units:** a trailing unit (a known unit symbol
 //!    or up to three words, normalised: plural → singular, `metres` = `m`, `degrees` = `°`,
@@ -188,6 +190,9 @@ pub fn answers_match(pred: &str, gt: &str) -> bool {
     let g = clean(gt);
     if p.is_empty() || g.is_empty() {
         return false;
+    }
+    if p == g {
+        return true;
     }
     if let Some((letter, option_text)) = gt_choice(&g) {
         if parse_choice(&p) == Some(letter) {

@@ -24,6 +24,29 @@ pub(super) struct Quantity {
     value: f64,
     percent: bool,
     unit: Option<String>,
+    /// Canonical digits (`-1234`) when the number was written as a plain integer (or number
+    /// word): two such integers compare exactly, not within tolerance, so `1000001` ≠ `1000000`
+    /// and integers past 2^53 still compare digit by digit.
+    integer: Option<String>,
+}
+
+/// Canonical digits of a plain integer literal (optional sign, digits, thousands commas).
+fn integer_key(lit: &str) -> Option<String> {
+    let (neg, body) = match lit.strip_prefix(['-', '−']) {
+        Some(b) => (true, b),
+        None => (false, lit.strip_prefix('+').unwrap_or(lit)),
+    };
+    let body = py_trim(body);
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit() || b == b',') {
+        return None;
+    }
+    let digits: String = body.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_start_matches('0');
+    Some(match (neg, digits.is_empty()) {
+        (_, true) => "0".to_string(),
+        (true, false) => format!("-{digits}"),
+        (false, false) => digits.to_string(),
+    })
 }
 
 /// Recursive-descent evaluator over a cleaned string (see rule 5). Stops at the first character
@@ -600,13 +623,18 @@ pub(super) fn parse_quantity(s: &str) -> Option<Quantity> {
             let (v, n) = found?;
             let rest = words[n..].join(" ");
             owned = rest;
-            return finish_quantity(v, &owned, unit);
+            return finish_quantity(v, &owned, unit, Some(format!("{v:.0}")));
         }
     };
-    finish_quantity(value, &t[end..], unit)
+    finish_quantity(value, &t[end..], unit, integer_key(py_trim(&t[..end])))
 }
 
-fn finish_quantity(value: f64, rest: &str, mut unit: Option<String>) -> Option<Quantity> {
+fn finish_quantity(
+    value: f64,
+    rest: &str,
+    mut unit: Option<String>,
+    integer: Option<String>,
+) -> Option<Quantity> {
     if !value.is_finite() {
         return None;
     }
@@ -636,6 +664,7 @@ fn finish_quantity(value: f64, rest: &str, mut unit: Option<String>) -> Option<Q
         value,
         percent,
         unit,
+        integer,
     })
 }
 
@@ -653,10 +682,15 @@ pub(super) fn quantities_match(p: &Quantity, g: &Quantity) -> bool {
     {
         return false;
     }
-    match (p.percent, g.percent) {
-        (true, false) => close(p.value, g.value) || close(p.value / 100.0, g.value),
-        (false, true) => close(p.value, g.value) || close(p.value, g.value / 100.0),
+    // The direct reading: exact for two plain integers, else within tolerance.
+    let direct = match (&p.integer, &g.integer) {
+        (Some(pi), Some(gi)) => pi == gi,
         _ => close(p.value, g.value),
+    };
+    match (p.percent, g.percent) {
+        (true, false) => direct || close(p.value / 100.0, g.value),
+        (false, true) => direct || close(p.value, g.value / 100.0),
+        _ => direct,
     }
 }
 

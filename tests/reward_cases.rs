@@ -435,3 +435,12 @@ fn symmetric_where_documented() {
         assert!(answers_match(a, b) && answers_match(b, a), "{a} / {b}");
     }
 }
+
+/// Regression: a multiple-choice ground truth whose option text starts with a multi-byte char
+/// ("B) °x") was sliced inside the char and panicked (found by the adversarial proptest).
+#[test]
+fn choice_option_text_starting_with_multibyte_char() {
+    assert!(answers_match("B", "B) °x"));
+    assert!(answers_match("°x", "B) °x"));
+    assert!(!answers_match("C", "B) 😀"));
+}

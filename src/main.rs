@@ -26,6 +26,8 @@ enum Command {
     /// Datasets: generate the procedural task (`data synth`), sample images (`data samples`).
     #[command(subcommand)]
     Data(prism::data::cli::DataCommand),
+    /// Score a JSONL file of responses with the verifiable reward (0.8·acc + 0.2·format).
+    Score(prism::reward::cli::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Data(cmd) => prism::data::cli::run(cmd)?,
+        Command::Score(args) => {
+            prism::reward::cli::run(&args)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

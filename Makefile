@@ -19,7 +19,7 @@ demo: release
 
 test:
 	$(CARGO) build --all-targets
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --lib --bins --tests -- --test-threads=2
 
 build:
 	$(CARGO) build

@@ -57,6 +57,28 @@ pub enum TelemetryError {
     },
 }
 
+/// Every metric name above, for checks that dashboards and docs name only real series.
+pub const ALL: &[&str] = &[
+    ACTOR_BUSY_RATIO,
+    ACTOR_BUSY_SECONDS,
+    ACTOR_JOB_SECONDS,
+    QUEUE_DEPTH,
+    ROLLOUTS_TOTAL,
+    GENERATED_TOKENS_TOTAL,
+    ROLLOUTS_PER_SECOND,
+    TOKENS_PER_SECOND,
+    STALENESS,
+    WEIGHT_SYNC_SECONDS,
+    ACTOR_RESTARTS_TOTAL,
+    DEADLINE_EXCEEDED_TOTAL,
+    FAULTS_INJECTED_TOTAL,
+    POLICY_VERSION,
+    STEP_SECONDS,
+    STEPS_TOTAL,
+    TEACHER_CACHE_HITS_TOTAL,
+    TEACHER_CACHE_MISSES_TOTAL,
+];
+
 /// The `stage`, `actor`, `device` labels of an actor's metrics.
 pub fn actor_labels(stage: &str, actor: &str, device: &str) -> Vec<metrics::Label> {
     vec![

@@ -60,15 +60,24 @@ fn bad_tokenizer_config_fields_are_named() {
     let cfg = tmp.path().join("tokenizer_config.json");
     edit_json(&cfg, |v| v["eos_token"] = serde_json::json!(12));
     let err = QwenTokenizer::from_dir(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("tokenizer_config.json") && err.contains("eos_token"), "{err}");
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("eos_token"),
+        "{err}"
+    );
 
     edit_json(&cfg, |v| v["eos_token"] = serde_json::json!("<|nope|>"));
     let err = QwenTokenizer::from_dir(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("tokenizer_config.json") && err.contains("<|nope|>"), "{err}");
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("<|nope|>"),
+        "{err}"
+    );
 
     std::fs::write(&cfg, "[1, 2").unwrap();
     let err = QwenTokenizer::from_dir(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("tokenizer_config.json") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("invalid JSON"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -76,9 +85,14 @@ fn bad_generation_config_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     copy_fixture(tmp.path());
     let path = tmp.path().join("generation_config.json");
-    edit_json(&path, |v| v["eos_token_id"] = serde_json::json!([402, 99999]));
+    edit_json(&path, |v| {
+        v["eos_token_id"] = serde_json::json!([402, 99999])
+    });
     let err = QwenTokenizer::from_dir(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("generation_config.json") && err.contains("99999"), "{err}");
+    assert!(
+        err.contains("generation_config.json") && err.contains("99999"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,15 +105,25 @@ fn bad_preprocessor_fields_are_named() {
         ("merge_size", serde_json::json!(0), "merge_size"),
         ("image_std", serde_json::json!([0.5, 0.0, 0.5]), "image_std"),
         ("resample", serde_json::json!(2), "resample"),
-        ("size", serde_json::json!({"shortest_edge": 9000, "longest_edge": 4096}), "size"),
-        ("size", serde_json::json!({"shortest_edge": "a"}), "size.shortest_edge"),
+        (
+            "size",
+            serde_json::json!({"shortest_edge": 9000, "longest_edge": 4096}),
+            "size",
+        ),
+        (
+            "size",
+            serde_json::json!({"shortest_edge": "a"}),
+            "size.shortest_edge",
+        ),
     ] {
         copy_fixture(tmp.path());
         edit_json(&path, |v| v[field] = value.clone());
         let err = ImageProcessorConfig::from_dir(tmp.path()).unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(err, ImageError::Field { .. }) && msg.contains("preprocessor_config.json") && msg.contains(needle),
+            matches!(err, ImageError::Field { .. })
+                && msg.contains("preprocessor_config.json")
+                && msg.contains(needle),
             "{field}={value}: {msg}"
         );
     }
@@ -128,10 +152,16 @@ fn missing_chat_template_is_reported() {
     // raise_exception from the template surfaces with the file name
     let t = ChatTemplate::from_dir(fixture_dir()).unwrap();
     let err = t
-        .render(&[ChatMessage::text("robot", "hi")], &RenderOptions::default())
+        .render(
+            &[ChatMessage::text("robot", "hi")],
+            &RenderOptions::default(),
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown role: robot") && err.contains("chat_template.jinja"), "{err}");
+    assert!(
+        err.contains("unknown role: robot") && err.contains("chat_template.jinja"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -155,16 +185,24 @@ fn undecodable_and_oversize_images_are_named() {
 
     // too large: rejected from the header, before decoding
     let big = tmp.path().join("big.png");
-    RgbImage::from_pixel(300, 200, Rgb([1, 2, 3])).save(&big).unwrap();
+    RgbImage::from_pixel(300, 200, Rgb([1, 2, 3]))
+        .save(&big)
+        .unwrap();
     ip.max_input_pixels = 50_000;
     let err = ip.load(&big).unwrap_err();
     assert!(matches!(err, ImageError::TooLarge { .. }), "{err:?}");
-    assert!(err.to_string().contains("big.png") && err.to_string().contains("300x200"), "{err}");
+    assert!(
+        err.to_string().contains("big.png") && err.to_string().contains("300x200"),
+        "{err}"
+    );
 
     // aspect ratio over 200 names the image
     let thin = RgbImage::from_pixel(201, 1, Rgb([0, 0, 0]));
     let err = ip.preprocess(&thin, "thin.png").unwrap_err().to_string();
-    assert!(err.contains("thin.png") && err.contains("aspect ratio"), "{err}");
+    assert!(
+        err.contains("thin.png") && err.contains("aspect ratio"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,19 +215,38 @@ fn prompt_errors_name_the_row() {
     };
     let one_image = chat(vec![
         ContentPart::Image { image: None },
-        ContentPart::Text { text: "What?".into() },
+        ContentPart::Text {
+            text: "What?".into(),
+        },
     ]);
     // image count mismatch
     let err = proc
-        .batch_texts(&[one_image.clone(), one_image.clone()], &[vec![img.clone()], vec![]], PaddingSide::Left, None)
+        .batch_texts(
+            &[one_image.clone(), one_image.clone()],
+            &[vec![img.clone()], vec![]],
+            PaddingSide::Left,
+            None,
+        )
         .unwrap_err();
     assert!(
-        matches!(err, ProcessorError::ImageCount { row: 1, placeholders: 1, images: 0 }),
+        matches!(
+            err,
+            ProcessorError::ImageCount {
+                row: 1,
+                placeholders: 1,
+                images: 0
+            }
+        ),
         "{err:?}"
     );
     // too long (64x64 -> 4 image tokens)
     let enc = proc
-        .batch_texts(&[one_image.clone()], &[vec![img.clone()]], PaddingSide::Left, None)
+        .batch_texts(
+            std::slice::from_ref(&one_image),
+            &[vec![img.clone()]],
+            PaddingSide::Left,
+            None,
+        )
         .unwrap();
     let len = enc.seq_len;
     let err = proc
@@ -227,19 +284,30 @@ fn left_and_right_padding_hold_the_same_rows() {
             &[ChatMessage::parts(
                 "user",
                 vec![
-                    ContentPart::Text { text: "Look".into() },
+                    ContentPart::Text {
+                        text: "Look".into(),
+                    },
                     ContentPart::Image { image: None },
                 ],
             )],
             true,
         )
         .unwrap(),
-        proc.apply_chat_template(&[ChatMessage::user("A much longer question about nothing at all?")], true)
-            .unwrap(),
+        proc.apply_chat_template(
+            &[ChatMessage::user(
+                "A much longer question about nothing at all?",
+            )],
+            true,
+        )
+        .unwrap(),
     ];
     let images = vec![vec![img], vec![]];
-    let left = proc.batch_texts(&texts, &images, PaddingSide::Left, None).unwrap();
-    let right = proc.batch_texts(&texts, &images, PaddingSide::Right, None).unwrap();
+    let left = proc
+        .batch_texts(&texts, &images, PaddingSide::Left, None)
+        .unwrap();
+    let right = proc
+        .batch_texts(&texts, &images, PaddingSide::Right, None)
+        .unwrap();
     assert_eq!(left.lengths, right.lengths);
     let pad = proc.tokenizer.special().pad as i64;
     for b in 0..2 {
@@ -248,11 +316,17 @@ fn left_and_right_padding_hold_the_same_rows() {
         assert_eq!(&left.row_ids(b)[s - n..], &right.row_ids(b)[..n]);
         assert!(left.row_ids(b)[..s - n].iter().all(|&x| x == pad));
         assert!(right.row_ids(b)[n..].iter().all(|&x| x == pad));
-        assert_eq!(left.attention_mask[b * s..(b + 1) * s].iter().sum::<i64>(), n as i64);
+        assert_eq!(
+            left.attention_mask[b * s..(b + 1) * s].iter().sum::<i64>(),
+            n as i64
+        );
     }
     // 50x70 -> 64x64 -> grid [1,4,4] -> 4 image tokens, all typed 1
     assert_eq!(left.image_grid_thw, vec![[1, 4, 4]]);
-    assert_eq!(left.mm_token_type_ids.iter().filter(|&&t| t == 1).count(), 4);
+    assert_eq!(
+        left.mm_token_type_ids.iter().filter(|&&t| t == 1).count(),
+        4
+    );
     assert_eq!(left.pixel_values, right.pixel_values);
     assert_eq!(left.pixel_values.len(), 16 * 1536);
 }
@@ -307,7 +381,9 @@ fn trained_demo_tokenizer_round_trips() {
                 "user",
                 vec![
                     ContentPart::Image { image: None },
-                    ContentPart::Text { text: "How many red circles?".into() },
+                    ContentPart::Text {
+                        text: "How many red circles?".into(),
+                    },
                 ],
             )],
             true,

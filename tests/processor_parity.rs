@@ -98,8 +98,14 @@ fn tokenizer_matches_transformers() {
     let sp = tok.special();
     assert_eq!(sp.image_pad as u64, ids["<|image_pad|>"].as_u64().unwrap());
     assert_eq!(sp.video_pad as u64, ids["<|video_pad|>"].as_u64().unwrap());
-    assert_eq!(sp.vision_start as u64, ids["<|vision_start|>"].as_u64().unwrap());
-    assert_eq!(sp.vision_end as u64, ids["<|vision_end|>"].as_u64().unwrap());
+    assert_eq!(
+        sp.vision_start as u64,
+        ids["<|vision_start|>"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sp.vision_end as u64,
+        ids["<|vision_end|>"].as_u64().unwrap()
+    );
     assert_eq!(sp.im_start as u64, ids["<|im_start|>"].as_u64().unwrap());
     assert_eq!(sp.im_end as u64, ids["<|im_end|>"].as_u64().unwrap());
     assert_eq!(sp.eos, sp.im_end);
@@ -138,7 +144,11 @@ fn chat_template_renders_like_transformers() {
         .iter()
         .map(|d| ChatTemplate::from_dir(d).unwrap())
         .collect();
-    assert!(templates.iter().all(|t| t.source() == templates[0].source()));
+    assert!(
+        templates
+            .iter()
+            .all(|t| t.source() == templates[0].source())
+    );
     let tok = QwenTokenizer::from_dir(fixture_dir()).unwrap();
     for t in &templates {
         for (name, case) in r.meta["cases"].as_object().unwrap() {
@@ -210,7 +220,10 @@ fn image_preprocessing_matches_both_backends() {
     let r = Reference::load();
     let base = ImageProcessor::from_dir(fixture_dir()).unwrap();
     assert_eq!(base.config.backend, ResizeBackend::Torchvision);
-    assert_eq!((base.config.min_pixels, base.config.max_pixels), (4096, 16384));
+    assert_eq!(
+        (base.config.min_pixels, base.config.max_pixels),
+        (4096, 16384)
+    );
     let mut report = Vec::new();
     for (file, meta) in r.meta["preprocess"].as_object().unwrap() {
         let stem = file.trim_end_matches(".png");
@@ -316,7 +329,10 @@ fn processor_outputs_match_transformers() {
             assert!(max < 1e-6, "{case}.pixel_values: max diff {max}");
             // the PIL backend against transformers' PIL processor
             let pil = Processor {
-                image_processor: proc.image_processor.clone().with_backend(ResizeBackend::Pil),
+                image_processor: proc
+                    .image_processor
+                    .clone()
+                    .with_backend(ResizeBackend::Pil),
                 ..Processor::from_dir(&dir).unwrap()
             };
             let enc_pil = pil.batch_texts(&prompts, &images, side, None).unwrap();

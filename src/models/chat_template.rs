@@ -180,7 +180,10 @@ impl ChatTemplate {
     }
 
     /// Compiles a template source; `origin` names it in errors.
-    pub fn new(source: impl Into<String>, origin: impl Into<String>) -> Result<Self, TemplateError> {
+    pub fn new(
+        source: impl Into<String>,
+        origin: impl Into<String>,
+    ) -> Result<Self, TemplateError> {
         let source = source.into();
         let origin = origin.into();
         let mut env = Environment::new();
@@ -221,8 +224,8 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         opts: &RenderOptions,
     ) -> Result<String, TemplateError> {
-        let value = serde_json::to_value(messages)
-            .map_err(|e| TemplateError::Messages(e.to_string()))?;
+        let value =
+            serde_json::to_value(messages).map_err(|e| TemplateError::Messages(e.to_string()))?;
         self.render_json(&value, opts)
     }
 
@@ -434,7 +437,7 @@ fn write_json(
         ValueKind::Map => {
             let mut keys: Vec<Value> = v.try_iter()?.collect();
             if o.sort_keys {
-                keys.sort_by_key(|a| json_key(a));
+                keys.sort_by_key(json_key);
             }
             let mut err = None;
             write_container(out, '{', '}', keys.len(), o, level, |out, i| {
@@ -637,10 +640,16 @@ mod tests {
 
     #[test]
     fn raise_exception_surfaces_the_message() {
-        let t = ChatTemplate::new("{{ raise_exception('bad role: ' + messages[0].role) }}", "t")
-            .unwrap();
+        let t = ChatTemplate::new(
+            "{{ raise_exception('bad role: ' + messages[0].role) }}",
+            "t",
+        )
+        .unwrap();
         let err = t
-            .render(&[ChatMessage::text("robot", "x")], &RenderOptions::default())
+            .render(
+                &[ChatMessage::text("robot", "x")],
+                &RenderOptions::default(),
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad role: robot"), "{err}");

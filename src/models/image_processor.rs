@@ -41,24 +41,32 @@ pub enum ImageError {
         field: String,
         message: String,
     },
-    #[error("no image processor config in {dir} (looked for processor_config.json and preprocessor_config.json)")]
+    #[error(
+        "no image processor config in {dir} (looked for processor_config.json and preprocessor_config.json)"
+    )]
     NotFound { dir: PathBuf },
     #[error("{origin}: cannot decode image: {message}")]
     Decode { origin: String, message: String },
-    #[error("{origin}: image of {width}x{height} pixels is larger than the limit of {limit} pixels")]
+    #[error(
+        "{origin}: image of {width}x{height} pixels is larger than the limit of {limit} pixels"
+    )]
     TooLarge {
         origin: String,
         width: u64,
         height: u64,
         limit: u64,
     },
+    #[error("{origin}: {message}")]
+    Size { origin: String, message: String },
     #[error("{origin}: empty image ({width}x{height})")]
     Empty {
         origin: String,
         width: u32,
         height: u32,
     },
-    #[error("{origin}: absolute aspect ratio must be smaller than 200, got {ratio} ({height}x{width})")]
+    #[error(
+        "{origin}: absolute aspect ratio must be smaller than 200, got {ratio} ({height}x{width})"
+    )]
     AspectRatio {
         origin: String,
         height: u32,
@@ -161,10 +169,9 @@ impl ImageProcessorConfig {
         let uint = |field: &str, obj: &Value, name: &str| -> Result<Option<u64>, ImageError> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| field_err(field, format!("expected a non-negative integer, got {x}"))),
+                Some(x) => x.as_u64().map(Some).ok_or_else(|| {
+                    field_err(field, format!("expected a non-negative integer, got {x}"))
+                }),
             }
         };
         let boolean = |name: &str, default: bool| -> Result<bool, ImageError> {
@@ -248,9 +255,9 @@ impl ImageProcessorConfig {
             image_std: triple("image_std", d.image_std)?,
             rescale_factor: match v.get("rescale_factor") {
                 None | Some(Value::Null) => d.rescale_factor,
-                Some(x) => x
-                    .as_f64()
-                    .ok_or_else(|| field_err("rescale_factor", format!("expected a number, got {x}")))?,
+                Some(x) => x.as_f64().ok_or_else(|| {
+                    field_err("rescale_factor", format!("expected a number, got {x}"))
+                })?,
             },
             do_resize: boolean("do_resize", d.do_resize)?,
             do_rescale: boolean("do_rescale", d.do_rescale)?,
@@ -281,17 +288,29 @@ impl ImageProcessorConfig {
         if self.max_pixels < f * f {
             return Err(err(
                 "size.longest_edge",
-                format!("{} pixels is less than one merge window ({f}x{f})", self.max_pixels),
+                format!(
+                    "{} pixels is less than one merge window ({f}x{f})",
+                    self.max_pixels
+                ),
             ));
         }
         if self.image_std.iter().any(|s| !s.is_finite() || *s == 0.0) {
-            return Err(err("image_std", format!("must be finite and non-zero, got {:?}", self.image_std)));
+            return Err(err(
+                "image_std",
+                format!("must be finite and non-zero, got {:?}", self.image_std),
+            ));
         }
         if self.image_mean.iter().any(|s| !s.is_finite()) {
-            return Err(err("image_mean", format!("must be finite, got {:?}", self.image_mean)));
+            return Err(err(
+                "image_mean",
+                format!("must be finite, got {:?}", self.image_mean),
+            ));
         }
         if !self.rescale_factor.is_finite() || self.rescale_factor <= 0.0 {
-            return Err(err("rescale_factor", format!("must be positive, got {}", self.rescale_factor)));
+            return Err(err(
+                "rescale_factor",
+                format!("must be positive, got {}", self.rescale_factor),
+            ));
         }
         Ok(())
     }
@@ -307,11 +326,16 @@ impl ImageProcessorConfig {
     }
 
     /// `(h, w)` after resizing and the grid `[1, h/patch, w/patch]` for an `(H, W)` image.
-    pub fn resized_size(&self, height: u32, width: u32, origin: &str) -> Result<(u32, u32), ImageError> {
+    pub fn resized_size(
+        &self,
+        height: u32,
+        width: u32,
+        origin: &str,
+    ) -> Result<(u32, u32), ImageError> {
         if !self.do_resize {
             let f = self.patch_size as u32 * self.merge_size as u32;
-            if height % f != 0 || width % f != 0 {
-                return Err(ImageError::Decode {
+            if !height.is_multiple_of(f) || !width.is_multiple_of(f) {
+                return Err(ImageError::Size {
                     origin: origin.to_string(),
                     message: format!(
                         "do_resize is false but the image ({height}x{width}) is not a multiple of {f}"
@@ -320,8 +344,14 @@ impl ImageProcessorConfig {
             }
             return Ok((height, width));
         }
-        smart_resize(height, width, self.factor() as u32, self.min_pixels, self.max_pixels)
-            .map_err(|e| e.with_origin(origin))
+        smart_resize(
+            height,
+            width,
+            self.factor() as u32,
+            self.min_pixels,
+            self.max_pixels,
+        )
+        .map_err(|e| e.with_origin(origin))
     }
 
     /// Number of `<|image_pad|>` tokens for an `(H, W)` image: t*gh*gw / merge².
@@ -519,14 +549,13 @@ impl ImageProcessor {
             &resized
         };
         let p = cfg.patch_size;
-        let m = cfg.merge_size;
+        // smart_resize returns multiples of patch*merge, so the grid splits into merge windows.
         let (gh, gw) = (h as usize / p, w as usize / p);
         Ok(ProcessedImage {
             pixel_values: patchify(src, cfg),
             grid_thw: [1, gh as u32, gw as u32],
             resized_hw: (h, w),
         })
-        .inspect(|_| debug_assert!(gh % m == 0 && gw % m == 0))
     }
 
     /// Loads and preprocesses an image file.
@@ -582,7 +611,11 @@ pub fn patchify(img: &RgbImage, cfg: &ImageProcessorConfig) -> Vec<f32> {
     let affine: [(f32, f32, bool); 3] = std::array::from_fn(|c| {
         if cfg.do_normalize && cfg.do_rescale {
             let inv = 1.0 / cfg.rescale_factor;
-            ((cfg.image_mean[c] * inv) as f32, (cfg.image_std[c] * inv) as f32, false)
+            (
+                (cfg.image_mean[c] * inv) as f32,
+                (cfg.image_std[c] * inv) as f32,
+                false,
+            )
         } else if cfg.do_normalize {
             (cfg.image_mean[c] as f32, cfg.image_std[c] as f32, false)
         } else if cfg.do_rescale {
@@ -842,7 +875,13 @@ mod tests {
             assert_eq!(&out, img.as_raw());
         }
         // PIL.Image.alpha_composite(white, (v, v, v, a)) with Pillow 13
-        for (v, a, want) in [(200, 0, 255), (200, 255, 200), (10, 90, 169), (250, 1, 255), (0, 254, 1)] {
+        for (v, a, want) in [
+            (200, 0, 255),
+            (200, 255, 200),
+            (10, 90, 169),
+            (250, 1, 255),
+            (0, 254, 1),
+        ] {
             assert_eq!(composite_on_white(v, a), want, "v={v} a={a}");
         }
     }

@@ -32,7 +32,9 @@ pub enum ProcessorError {
     },
     #[error("prompt {row}: contains a video placeholder; videos are not supported")]
     Video { row: usize },
-    #[error("prompt {row}: {length} tokens (images expanded) is more than the maximum of {max_length}")]
+    #[error(
+        "prompt {row}: {length} tokens (images expanded) is more than the maximum of {max_length}"
+    )]
     TooLong {
         row: usize,
         length: usize,
@@ -157,7 +159,9 @@ impl Processor {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let merge = self.image_processor.config.merge_size as u32;
-        let mut out = Vec::with_capacity(ids.len() + processed.iter().map(|p| p.num_patches()).sum::<usize>());
+        let mut out = Vec::with_capacity(
+            ids.len() + processed.iter().map(|p| p.num_patches()).sum::<usize>(),
+        );
         let mut next = processed.iter();
         for id in ids {
             if id == special.image_pad {

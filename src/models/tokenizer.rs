@@ -247,7 +247,10 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, TokenizerError> {
 
 fn id_list(v: &Value) -> Option<Vec<u32>> {
     match v {
-        Value::Number(n) => n.as_u64().and_then(|x| u32::try_from(x).ok()).map(|x| vec![x]),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .map(|x| vec![x]),
         Value::Array(items) => items
             .iter()
             .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
@@ -315,11 +318,12 @@ fn special_tokens(
                 role,
             })
     };
-    let eos_name = token_field(config, "eos_token", path)?.ok_or_else(|| TokenizerError::Field {
-        path: path.to_path_buf(),
-        field: "eos_token".into(),
-        message: "missing (needed to stop generation)".into(),
-    })?;
+    let eos_name =
+        token_field(config, "eos_token", path)?.ok_or_else(|| TokenizerError::Field {
+            path: path.to_path_buf(),
+            field: "eos_token".into(),
+            message: "missing (needed to stop generation)".into(),
+        })?;
     let eos = id(&eos_name, "eos_token")?;
     let pad = match token_field(config, "pad_token", path)? {
         Some(name) => id(&name, "pad_token")?,

@@ -23,9 +23,7 @@ use tokenizers::{
 
 use super::chat_template::QWEN3_VL_CHAT_TEMPLATE;
 use super::image_processor::{ImageProcessorConfig, ResizeBackend};
-use super::tokenizer::{
-    ENDOFTEXT, IM_END, QWEN3_VL_ADDED_TOKENS, QwenTokenizer, TokenizerError,
-};
+use super::tokenizer::{ENDOFTEXT, IM_END, QWEN3_VL_ADDED_TOKENS, QwenTokenizer, TokenizerError};
 
 /// Qwen2/Qwen3 pre-tokenizer split pattern (contractions, letters, single digits, punctuation
 /// runs, newlines, whitespace).
@@ -246,7 +244,10 @@ pub fn write_processor_files(
         &dir.join("preprocessor_config.json"),
         &preprocessor_config_json(image_cfg),
     )?;
-    write_json(&dir.join("generation_config.json"), &generation_config_json(tok))?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &generation_config_json(tok),
+    )?;
     Ok(())
 }
 

@@ -78,6 +78,7 @@ fn render_opts(kwargs: &Value) -> RenderOptions {
         add_generation_prompt: kwargs["add_generation_prompt"].as_bool().unwrap_or(false),
         add_vision_id: kwargs["add_vision_id"].as_bool().unwrap_or(false),
         tools: kwargs["tools"].as_array().cloned(),
+        extra: Default::default(),
     }
 }
 
@@ -113,6 +114,20 @@ fn tokenizer_matches_transformers() {
     assert_eq!(sp.bos, None);
     assert_eq!(tok.stop_ids(), &[sp.im_end, sp.pad]);
     assert_eq!(tok.vocab_size(), 426);
+    for case in r.meta["decode_cases"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode {ids:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            case["decoded_skip_special"].as_str().unwrap(),
+            "decode(skip_special_tokens) {ids:?}"
+        );
+    }
+    assert!(tok.decode(&[426], false).is_err());
     for case in r.meta["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let want: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
@@ -177,6 +192,35 @@ fn chat_template_renders_like_transformers() {
             let want: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
             assert_eq!(tok.encode(&got).unwrap(), want, "ids of case {name}");
         }
+    }
+}
+
+#[test]
+fn stress_template_renders_like_jinja2() {
+    // A self-written template over the Jinja features real Qwen templates use (macros writing
+    // an outer namespace, reverse slices, str methods, loop.previtem/nextitem, break/continue,
+    // tojson with indent, Python str() of bools/None/floats), rendered by transformers.
+    let r = Reference::load();
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_template_stress.jinja"),
+    )
+    .unwrap();
+    let t = ChatTemplate::new(src, "chat_template_stress.jinja").unwrap();
+    let cases = r.meta["template_stress_cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for (i, case) in cases.iter().enumerate() {
+        let kwargs = &case["kwargs"];
+        let mut opts = render_opts(kwargs);
+        for (k, v) in kwargs.as_object().unwrap() {
+            if !matches!(
+                k.as_str(),
+                "add_generation_prompt" | "add_vision_id" | "tools"
+            ) {
+                opts.extra.insert(k.clone(), v.clone());
+            }
+        }
+        let got = t.render_json(&case["messages"], &opts).unwrap();
+        assert_eq!(got, case["rendered"].as_str().unwrap(), "stress case {i}");
     }
 }
 

@@ -141,6 +141,9 @@ pub struct RenderOptions {
     pub add_vision_id: bool,
     /// Tool (function) schemas, rendered with `tojson`.
     pub tools: Option<Vec<serde_json::Value>>,
+    /// Further template variables (e.g. `enable_thinking` of thinking checkpoints); they cannot
+    /// override `messages`, `tools`, `add_generation_prompt` or `add_vision_id`.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A compiled chat template.
@@ -201,6 +204,21 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson_filter);
+        // Python prints True / False / None and repr() of floats where minijinja would print
+        // true / false / none; tool-call arguments reach the prompt this way.
+        env.set_formatter(|out, state, value| match python_str(value) {
+            Some(s) => out
+                .write_str(&s)
+                .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
+            None => minijinja::escape_formatter(out, state, value),
+        });
+        env.add_filter(
+            "string",
+            |state: &minijinja::State, value: Value| match python_str(&value) {
+                Some(s) => Ok(Value::from(s)),
+                None => minijinja::filters::string(state, &value),
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, source.clone())
             .map_err(|source| TemplateError::Compile {
                 origin: origin.clone(),
@@ -258,6 +276,7 @@ impl ChatTemplate {
             add_generation_prompt => opts.add_generation_prompt,
             add_vision_id => opts.add_vision_id,
             tools => opts.tools.as_ref().map(jinja_value),
+            ..jinja_value(&opts.extra)
         };
         tmpl.render(ctx).map_err(|source| self.render_error(source))
     }
@@ -322,6 +341,19 @@ fn kind_name(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "a list",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Python's `str()` of the scalars whose text differs from minijinja's (bools, None, floats).
+/// Strings operated on with `~` still use minijinja's spelling (`true`), a known gap.
+fn python_str(v: &Value) -> Option<String> {
+    match v.kind() {
+        ValueKind::Bool => Some(if v.is_true() { "True" } else { "False" }.into()),
+        ValueKind::None => Some("None".into()),
+        ValueKind::Number if !v.is_integer() => {
+            f64::try_from(v.clone()).ok().map(python_float_repr)
+        }
+        _ => None,
     }
 }
 

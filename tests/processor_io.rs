@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
-use prism::models::chat_template::{ChatMessage, ChatTemplate, ContentPart, RenderOptions};
+use prism::models::chat_template::{
+    ChatMessage, ChatTemplate, ContentPart, RenderOptions, split_vision_placeholders,
+};
 use prism::models::image_processor::{ImageError, ImageProcessor, ImageProcessorConfig};
 use prism::models::processor::{PaddingSide, Processor, ProcessorError};
 use prism::models::tokenizer::{QWEN3_VL_ADDED_TOKENS, QwenTokenizer, TokenizerError};
@@ -273,6 +275,58 @@ fn prompt_errors_name_the_row() {
         proc.batch_texts(&[], &[], PaddingSide::Left, None),
         Err(ProcessorError::EmptyBatch)
     ));
+}
+
+#[test]
+fn processor_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Processor>();
+    let proc = std::sync::Arc::new(Processor::from_dir(fixture_dir()).unwrap());
+    let texts: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|i| {
+                let proc = proc.clone();
+                s.spawn(move || {
+                    proc.apply_chat_template(&[ChatMessage::user(format!("q{i}"))], true)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        texts[1],
+        "<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn batch_chats_equals_render_then_batch() {
+    let proc = Processor::from_dir(fixture_dir()).unwrap();
+    let img = RgbImage::from_fn(96, 64, |x, y| Rgb([x as u8, y as u8, 3]));
+    let convs = vec![
+        vec![
+            ChatMessage::system("Count."),
+            ChatMessage::parts("user", split_vision_placeholders("<image>How many?")),
+        ],
+        vec![ChatMessage::user("No image here.")],
+    ];
+    let images = vec![vec![img], vec![]];
+    let a = proc
+        .batch_chats(&convs, &images, true, PaddingSide::Left, Some(64))
+        .unwrap();
+    let texts: Vec<String> = convs
+        .iter()
+        .map(|c| proc.apply_chat_template(c, true).unwrap())
+        .collect();
+    assert!(texts[0].contains("<|vision_start|><|image_pad|><|vision_end|>How many?"));
+    let b = proc
+        .batch_texts(&texts, &images, PaddingSide::Left, Some(64))
+        .unwrap();
+    assert_eq!(a, b);
+    // 64x96 -> grid [1,4,6] -> 6 image tokens
+    assert_eq!(a.image_grid_thw, vec![[1, 4, 6]]);
+    assert_eq!(a.mm_token_type_ids.iter().filter(|&&t| t == 1).count(), 6);
 }
 
 #[test]

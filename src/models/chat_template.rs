@@ -132,6 +132,39 @@ impl ChatMessage {
     }
 }
 
+/// Splits dataset text with `<image>` / `<video>` placeholders into typed content parts, as
+/// verl's RL dataset does before applying the chat template: `"a<image>b"` → text "a", image,
+/// text "b"; empty text segments are dropped.
+pub fn split_vision_placeholders(text: &str) -> Vec<ContentPart> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    loop {
+        let next = [("<image>", true), ("<video>", false)]
+            .iter()
+            .filter_map(|&(tag, is_image)| rest.find(tag).map(|i| (i, tag, is_image)))
+            .min_by_key(|&(i, _, _)| i);
+        let Some((i, tag, is_image)) = next else {
+            if !rest.is_empty() {
+                parts.push(ContentPart::Text {
+                    text: rest.to_string(),
+                });
+            }
+            return parts;
+        };
+        if i > 0 {
+            parts.push(ContentPart::Text {
+                text: rest[..i].to_string(),
+            });
+        }
+        parts.push(if is_image {
+            ContentPart::Image { image: None }
+        } else {
+            ContentPart::Video { video: None }
+        });
+        rest = &rest[i + tag.len()..];
+    }
+}
+
 /// Options of one rendering (the keyword arguments of `apply_chat_template`).
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
@@ -667,6 +700,28 @@ mod tests {
         assert_eq!(
             out,
             "{\n  \"b\": [\n    1,\n    2.0,\n    null,\n    true\n  ],\n  \"a\": \"x<y> & 'z' é\\n\"\n}|{\"a\": \"x<y> & 'z' é\\n\", \"b\": [1, 2.0, null, true]}|[]"
+        );
+    }
+
+    #[test]
+    fn placeholders_split_like_verl() {
+        let img = || ContentPart::Image { image: None };
+        let txt = |t: &str| ContentPart::Text { text: t.into() };
+        assert_eq!(
+            split_vision_placeholders("<image>How many?<image><video> ok"),
+            vec![
+                img(),
+                txt("How many?"),
+                img(),
+                ContentPart::Video { video: None },
+                txt(" ok")
+            ]
+        );
+        assert_eq!(split_vision_placeholders("plain"), vec![txt("plain")]);
+        assert_eq!(split_vision_placeholders(""), vec![]);
+        assert_eq!(
+            split_vision_placeholders("<imag><image"),
+            vec![txt("<imag><image")]
         );
     }
 

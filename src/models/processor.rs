@@ -216,6 +216,23 @@ impl Processor {
         self.collate(&rows, side, max_length)
     }
 
+    /// Renders, encodes and pads conversations (`images[b]` are the image parts of
+    /// `conversations[b]`, in order).
+    pub fn batch_chats(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        images: &[Vec<RgbImage>],
+        add_generation_prompt: bool,
+        side: PaddingSide,
+        max_length: Option<usize>,
+    ) -> Result<BatchEncoding, ProcessorError> {
+        let texts = conversations
+            .iter()
+            .map(|c| self.apply_chat_template(c, add_generation_prompt))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_texts(&texts, images, side, max_length)
+    }
+
     /// Pads encoded prompts into one batch with the tokenizer's pad id.
     pub fn collate(
         &self,

@@ -14,7 +14,9 @@
 //! stretched by the downscale factor): [`ResizeBackend::Torchvision`] (the v5 default and 4.57's
 //! `…Fast` processor: torch's uint8 antialias kernel, int16 weights with a per-axis precision) and
 //! [`ResizeBackend::Pil`] (`PIL.Image.resize(BICUBIC)`, 22-bit weights). The two differ by a level
-//! or two where a real resize happens.
+//! or two where a real resize happens. Pillow 13 sometimes runs the vertical pass first (seen
+//! when the vertical scale shrinks much more than the horizontal one); we always run the
+//! horizontal pass first like Pillow <= 12, which then differs by a few levels at some pixels.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -671,17 +673,37 @@ pub fn patchify(img: &RgbImage, cfg: &ImageProcessorConfig) -> Vec<f32> {
 /// Resizes an RGB image to `(out_h, out_w)` with antialiased bicubic resampling, reproducing the
 /// given backend.
 pub fn resize_bicubic(img: &RgbImage, out_h: u32, out_w: u32, backend: ResizeBackend) -> RgbImage {
+    let kernel = match backend {
+        ResizeBackend::Pil => Kernel::CubicPil,
+        ResizeBackend::Torchvision => Kernel::CubicTorch,
+    };
+    resize_separable(img, out_h, out_w, kernel, backend)
+}
+
+/// `PIL.Image.resize((out_w, out_h), Image.LANCZOS)` bit for bit (the downscale PRISM applies
+/// to discriminator images before the processor).
+pub fn resize_lanczos_pil(img: &RgbImage, out_h: u32, out_w: u32) -> RgbImage {
+    resize_separable(img, out_h, out_w, Kernel::LanczosPil, ResizeBackend::Pil)
+}
+
+fn resize_separable(
+    img: &RgbImage,
+    out_h: u32,
+    out_w: u32,
+    kernel: Kernel,
+    backend: ResizeBackend,
+) -> RgbImage {
     let (in_w, in_h) = img.dimensions();
     let mut buf = img.as_raw().clone();
     let (mut cur_w, cur_h) = (in_w as usize, in_h as usize);
     // Horizontal pass first (both PIL and torch's uint8 kernel), u8 in between.
     if out_w != in_w {
-        let k = axis_coeffs(in_w as usize, out_w as usize, backend);
+        let k = axis_coeffs_with(in_w as usize, out_w as usize, kernel, backend);
         buf = resample_horizontal(&buf, cur_w, cur_h, &k);
         cur_w = out_w as usize;
     }
     if out_h != in_h {
-        let k = axis_coeffs(in_h as usize, out_h as usize, backend);
+        let k = axis_coeffs_with(in_h as usize, out_h as usize, kernel, backend);
         buf = resample_vertical(&buf, cur_w, &k);
     }
     RgbImage::from_raw(out_w, out_h, buf).expect("resampled buffer has the output size")
@@ -724,16 +746,60 @@ fn cubic_torch(x: f64) -> f64 {
     }
 }
 
-fn axis_coeffs(in_size: usize, out_size: usize, backend: ResizeBackend) -> AxisCoeffs {
+/// The resampling kernels: a function of the (scaled) distance and its support radius.
+#[derive(Clone, Copy)]
+enum Kernel {
+    CubicPil,
+    CubicTorch,
+    LanczosPil,
+}
+
+impl Kernel {
+    fn eval(self, x: f64) -> f64 {
+        match self {
+            Kernel::CubicPil => cubic_pil(x),
+            Kernel::CubicTorch => cubic_torch(x),
+            Kernel::LanczosPil => lanczos_pil(x),
+        }
+    }
+    fn support(self) -> f64 {
+        match self {
+            Kernel::CubicPil | Kernel::CubicTorch => 2.0,
+            Kernel::LanczosPil => 3.0,
+        }
+    }
+}
+
+/// PIL's Lanczos-3: `sinc(x) * sinc(x / 3)` on [-3, 3).
+fn lanczos_pil(x: f64) -> f64 {
+    fn sinc(x: f64) -> f64 {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    }
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+/// Filter taps for one axis; `backend` decides the fixed-point precision rule.
+fn axis_coeffs_with(
+    in_size: usize,
+    out_size: usize,
+    kernel: Kernel,
+    backend: ResizeBackend,
+) -> AxisCoeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = kernel.support() * filterscale;
     let inv = 1.0 / filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let filter: fn(f64) -> f64 = match backend {
-        ResizeBackend::Pil => cubic_pil,
-        ResizeBackend::Torchvision => cubic_torch,
-    };
+    let filter = |x: f64| kernel.eval(x);
     let mut bounds = Vec::with_capacity(out_size);
     let mut weights = vec![0.0f64; out_size * ksize];
     let mut wt_max = 0.0f64;
@@ -870,7 +936,12 @@ mod tests {
         let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8 * 40, y as u8 * 50, 7]));
         for b in [ResizeBackend::Pil, ResizeBackend::Torchvision] {
             // a same-size pass is an identity for both kernels (weights 1, 0, 0, ...)
-            let k = axis_coeffs(5, 5, b);
+            let kernel = if b == ResizeBackend::Pil {
+                Kernel::CubicPil
+            } else {
+                Kernel::CubicTorch
+            };
+            let k = axis_coeffs_with(5, 5, kernel, b);
             let out = resample_horizontal(img.as_raw(), 5, 4, &k);
             assert_eq!(&out, img.as_raw());
         }

@@ -460,3 +460,86 @@ fn trained_demo_tokenizer_round_trips() {
         std::fs::read(dir2.join("tokenizer.json")).unwrap()
     );
 }
+
+mod properties {
+    use image::{Rgb, RgbImage};
+    use prism::models::image_processor::{
+        ImageError, ImageProcessor, ImageProcessorConfig, ResizeBackend, resize_bicubic,
+        smart_resize,
+    };
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// smart_resize gives multiples of 32 (at least 32), or the aspect-ratio error; for
+        /// moderate aspect ratios (<= 4, budget >= 4x the minimum) it lands inside the pixel
+        /// budget. (For extreme ratios Qwen's rounding can leave it: 20x4000 at 64K pixels gives
+        /// 32x3616, over the budget, which is what transformers does too.)
+        #[test]
+        fn smart_resize_invariants(
+            h in 1u32..6000,
+            w in 1u32..6000,
+            lo_k in 1u64..64,
+            hi_k in 256u64..2048,
+        ) {
+            let (lo, hi) = (lo_k * 1024, hi_k * 1024);
+            let ratio = h.max(w) as f64 / h.min(w) as f64;
+            match smart_resize(h, w, 32, lo, hi) {
+                Ok((rh, rw)) => {
+                    prop_assert!(ratio <= 200.0);
+                    prop_assert!(rh % 32 == 0 && rw % 32 == 0 && rh >= 32 && rw >= 32);
+                    if ratio <= 4.0 {
+                        let px = rh as u64 * rw as u64;
+                        prop_assert!(px <= hi && px >= lo, "{h}x{w} -> {rh}x{rw} outside [{lo}, {hi}]");
+                    }
+                }
+                Err(ImageError::AspectRatio { .. }) => prop_assert!(ratio > 200.0),
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+
+        /// Patch rows hold exactly the image's pixels: undoing the merge-block order and the
+        /// normalisation gives the image back, and both temporal copies are equal.
+        #[test]
+        fn patchify_is_a_permutation(gh2 in 1u32..4, gw2 in 1u32..4, seed in any::<u64>()) {
+            let (h, w) = (gh2 * 32, gw2 * 32);
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                let v = (x as u64 * 31 + y as u64 * 17 + seed) % 251;
+                Rgb([v as u8, (v * 3 % 256) as u8, (255 - v) as u8])
+            });
+            let cfg = ImageProcessorConfig { min_pixels: 1024, max_pixels: 1 << 20, ..Default::default() };
+            let out = ImageProcessor::new(cfg).preprocess(&img, "prop").unwrap();
+            prop_assert_eq!(out.resized_hw, (h, w));
+            let (gh, gw) = (h as usize / 16, w as usize / 16);
+            let mut back = RgbImage::new(w, h);
+            for (r, row) in out.pixel_values.chunks_exact(1536).enumerate() {
+                // r = ((br * gw/2 + bc) * 2 + ir) * 2 + ic
+                let (block, ir, ic) = (r / 4, (r / 2) % 2, r % 2);
+                let (br, bc) = (block / (gw / 2), block % (gw / 2));
+                let (pr, pc) = (br * 2 + ir, bc * 2 + ic);
+                prop_assert!(pr < gh && pc < gw);
+                for c in 0..3 {
+                    let t0 = &row[c * 512..c * 512 + 256];
+                    prop_assert_eq!(t0, &row[c * 512 + 256..c * 512 + 512]);
+                    for (i, v) in t0.iter().enumerate() {
+                        let (y, x) = (pr * 16 + i / 16, pc * 16 + i % 16);
+                        back.get_pixel_mut(x as u32, y as u32)[c] = (v * 127.5 + 127.5).round() as u8;
+                    }
+                }
+            }
+            prop_assert!(back == img);
+        }
+
+        /// A constant image stays constant under both resize kernels (weights sum to one).
+        #[test]
+        fn resize_keeps_constant_images(h in 1u32..80, w in 1u32..80, oh in 1u32..80, ow in 1u32..80, v in any::<u8>()) {
+            let img = RgbImage::from_pixel(w, h, Rgb([v, v / 2, 255 - v]));
+            for b in [ResizeBackend::Torchvision, ResizeBackend::Pil] {
+                let out = resize_bicubic(&img, oh, ow, b);
+                prop_assert_eq!(out.dimensions(), (ow, oh));
+                prop_assert!(out.pixels().all(|p| *p == Rgb([v, v / 2, 255 - v])), "{b:?}");
+            }
+        }
+    }
+}

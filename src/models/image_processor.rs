@@ -925,6 +925,10 @@ mod tests {
         assert_eq!(r(4000, 3000), (4000, 3008));
         // banker's rounding: 80/32 = 2.5 -> 2, 112/32 = 3.5 -> 4 (then the min-pixel upscale)
         assert_eq!(smart_resize(80, 112, 32, 1, 1 << 30).unwrap(), (64, 128));
+        // extreme ratios can leave the budget, exactly as in transformers
+        // (transformers: smart_resize(20, 4000, 32, 4096, 65536) == (32, 3616), 115712 pixels)
+        assert_eq!(smart_resize(20, 4000, 32, 4096, 65536).unwrap(), (32, 3616));
+        assert_eq!(smart_resize(1, 200, 32, 4096, 65536).unwrap(), (32, 928));
         assert!(matches!(
             smart_resize(10, 2001, 32, 1, 1 << 30),
             Err(ImageError::AspectRatio { .. })

@@ -105,6 +105,7 @@ fn bad_preprocessor_fields_are_named() {
     for (field, value, needle) in [
         ("patch_size", serde_json::json!("16"), "patch_size"),
         ("merge_size", serde_json::json!(0), "merge_size"),
+        ("patch_size", serde_json::json!(1u64 << 40), "patch_size"),
         ("image_std", serde_json::json!([0.5, 0.0, 0.5]), "image_std"),
         ("resample", serde_json::json!(2), "resample"),
         (

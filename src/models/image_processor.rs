@@ -231,6 +231,11 @@ impl ImageProcessorConfig {
             match uint(name, v, name)? {
                 None => Ok(default),
                 Some(0) => Err(field_err(name, "must be positive".into())),
+                // far above any real setting; keeps products of sizes from overflowing
+                Some(x) if x > 1024 => Err(field_err(
+                    name,
+                    format!("{x} is implausibly large (max 1024)"),
+                )),
                 Some(x) => Ok(x as usize),
             }
         };
@@ -378,6 +383,10 @@ impl ImageError {
                 width,
                 ratio,
             },
+            ImageError::Size { message, .. } => ImageError::Size {
+                origin: origin.to_string(),
+                message,
+            },
             other => other,
         }
     }
@@ -430,6 +439,14 @@ pub fn smart_resize(
         let beta = (min_pixels as f64 / (hf * wf)).sqrt();
         h = (hf * beta / ff).ceil() * ff;
         w = (wf * beta / ff).ceil() * ff;
+    }
+    if h < 1.0 || w < 1.0 || h > u32::MAX as f64 || w > u32::MAX as f64 {
+        return Err(ImageError::Size {
+            origin: "image".into(),
+            message: format!(
+                "smart_resize of {height}x{width} gives {h}x{w}; check the pixel limits ({min_pixels}..{max_pixels})"
+            ),
+        });
     }
     Ok((h as u32, w as u32))
 }
@@ -860,6 +877,14 @@ fn axis_coeffs_with(
     }
 }
 
+/// `1 << (precision - 1)`: adds one half before the final shift (0 without fraction bits).
+fn rounding_half(precision: u32) -> i64 {
+    match precision {
+        0 => 0,
+        p => 1i64 << (p - 1).min(62),
+    }
+}
+
 #[inline]
 fn clip8(acc: i64, precision: u32) -> u8 {
     (acc >> precision).clamp(0, 255) as u8
@@ -869,7 +894,7 @@ fn clip8(acc: i64, precision: u32) -> u8 {
 fn resample_horizontal(src: &[u8], in_w: usize, h: usize, k: &AxisCoeffs) -> Vec<u8> {
     let out_w = k.bounds.len();
     let mut out = vec![0u8; h * out_w * 3];
-    let half = 1i64 << (k.precision - 1).min(62);
+    let half = rounding_half(k.precision);
     for y in 0..h {
         let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
         for (x, &(xmin, n)) in k.bounds.iter().enumerate() {
@@ -895,7 +920,7 @@ fn resample_vertical(src: &[u8], w: usize, k: &AxisCoeffs) -> Vec<u8> {
     let out_h = k.bounds.len();
     let stride = w * 3;
     let mut out = vec![0u8; out_h * stride];
-    let half = 1i64 << (k.precision - 1).min(62);
+    let half = rounding_half(k.precision);
     let mut acc = vec![0i64; stride];
     for (y, &(ymin, n)) in k.bounds.iter().enumerate() {
         acc.fill(half);
@@ -925,6 +950,11 @@ mod tests {
         assert_eq!(r(4000, 3000), (4000, 3008));
         // banker's rounding: 80/32 = 2.5 -> 2, 112/32 = 3.5 -> 4 (then the min-pixel upscale)
         assert_eq!(smart_resize(80, 112, 32, 1, 1 << 30).unwrap(), (64, 128));
+        // a zero minimum lets tiny images round to nothing: an error, not an empty grid
+        assert!(matches!(
+            smart_resize(5, 5, 32, 0, 16384),
+            Err(ImageError::Size { .. })
+        ));
         // extreme ratios can leave the budget, exactly as in transformers
         // (transformers: smart_resize(20, 4000, 32, 4096, 65536) == (32, 3616), 115712 pixels)
         assert_eq!(smart_resize(20, 4000, 32, 4096, 65536).unwrap(), (32, 3616));

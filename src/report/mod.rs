@@ -1,0 +1,94 @@
+//! Run reports: what a run leaves behind for people to read, and what it shows while it runs.
+//!
+//! - [`metrics_log`]: the per-step metrics JSONL of a run directory (writer and tolerant reader).
+//! - [`plots`]: PNG line charts of the metrics log and the accuracy-by-stage chart (plotters).
+//! - [`table`]: the results table per arm and stage, in Markdown and fixed-width text, with the
+//!   multi-seed mean ± sample std.
+//! - [`progress`]: one progress bar per stage (indicatif), or plain log lines off a terminal.
+//!
+//! Every file here is written atomically ([`atomic_write`]): a reader never sees half a PNG or
+//! half a table.
+
+pub mod metrics_log;
+pub mod plots;
+pub mod progress;
+pub mod table;
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use metrics_log::{MetricRecord, MetricsLog, MetricsRead, TornLine, read_metrics};
+pub use plots::{MetricGroup, Series, accuracy_by_stage_chart, line_chart, plot_run};
+pub use progress::{Progress, ProgressMode, ProgressOptions, StageProgress};
+pub use table::{EvalRow, MeanStd, SummaryRow, SummaryTable, aggregate_seeds};
+
+/// Errors of the report writers and readers; each names the file (and line) concerned.
+#[derive(Debug, Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: malformed metrics record: {source}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: metrics record has {what}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        what: String,
+    },
+    #[error("cannot draw {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+    #[error("bad report input: {0}")]
+    Input(String),
+}
+
+impl ReportError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ReportError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
+/// then fsync of the directory so the rename survives a crash.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| ReportError::Input(format!("{} names no file", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| ReportError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| ReportError::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))?;
+        // Directory fsync is best effort: some filesystems refuse to open directories.
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

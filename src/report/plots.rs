@@ -237,13 +237,23 @@ pub fn line_chart(
             .y_label_area_size(72)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| plot_err(path, e))?;
+        let integer_x = all.iter().all(|p| p.0.fract() == 0.0);
+        let x_fmt = move |x: &f64| {
+            if integer_x {
+                format!("{x:.0}")
+            } else {
+                format!("{x}")
+            }
+        };
         chart
             .configure_mesh()
+            .x_label_formatter(&x_fmt)
             .x_desc(x_label)
             .y_desc(y_label)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
-            .light_line_style(RGBColor(235, 235, 235))
+            .bold_line_style(RGBColor(225, 225, 225))
+            .light_line_style(WHITE)
             .draw()
             .map_err(|e| plot_err(path, e))?;
         for (i, s) in series.iter().enumerate() {
@@ -267,7 +277,7 @@ pub fn line_chart(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(&all, (x0, x1), (y0, y1)))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(160, 160, 160))
             .label_font((FONT, 14))
@@ -278,35 +288,44 @@ pub fn line_chart(
     write_png(path, &buf, size)
 }
 
-/// Stages in pipeline order, merged over arms: each arm's stages keep their relative order
-/// (baseline sft → rlvr and prism sft → warmup → align → rlvr give sft, warmup, align, rlvr).
-fn merged_stage_order(table: &SummaryTable) -> (Vec<String>, Vec<String>) {
+/// Upper right unless most points of the right third of the chart lie in its upper half
+/// (rising curves), then lower right, so the legend covers as little data as it can.
+fn legend_corner(points: &[(f64, f64)], x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let right = x.0 + 0.66 * (x.1 - x.0);
+    let mid = 0.5 * (y.0 + y.1);
+    let (upper, total) = points
+        .iter()
+        .filter(|p| p.0 >= right)
+        .fold((0usize, 0usize), |(u, t), p| {
+            (u + usize::from(p.1 > mid), t + 1)
+        });
+    if total > 0 && 2 * upper > total {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    }
+}
+
+/// Stages in pipeline order merged over arms, and arms in order of first appearance. Each
+/// arm's stages keep their relative order, so baseline sft → rlvr and prism sft → warmup →
+/// align → rlvr give sft, warmup, align, rlvr: a stage new to the list goes right after the
+/// previous stage of the same arm.
+pub fn stage_and_arm_order(table: &SummaryTable) -> (Vec<String>, Vec<String>) {
     let mut arms: Vec<String> = Vec::new();
     let mut stages: Vec<String> = Vec::new();
-    let mut prev: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut prev_of_arm: BTreeMap<String, String> = BTreeMap::new();
     for r in &table.rows {
         if !arms.contains(&r.arm) {
             arms.push(r.arm.clone());
         }
-        let pos = match stages.iter().position(|s| *s == r.stage) {
-            Some(p) => p,
-            None => {
-                let at = prev.get(r.arm.as_str()).map_or(0, |p| p + 1);
-                let at = if prev.contains_key(r.arm.as_str()) {
-                    at
-                } else {
-                    stages.len()
-                };
-                stages.insert(at, r.stage.clone());
-                for p in prev.values_mut() {
-                    if *p >= at {
-                        *p += 1;
-                    }
-                }
-                at
-            }
-        };
-        prev.insert(r.arm.as_str(), pos);
+        if !stages.contains(&r.stage) {
+            let at = prev_of_arm
+                .get(&r.arm)
+                .and_then(|p| stages.iter().position(|s| s == p))
+                .map_or(stages.len(), |i| i + 1);
+            stages.insert(at, r.stage.clone());
+        }
+        prev_of_arm.insert(r.arm.clone(), r.stage.clone());
     }
     (stages, arms)
 }
@@ -325,7 +344,7 @@ pub fn accuracy_by_stage_chart(
             path.display()
         )));
     }
-    let (stages, arms) = merged_stage_order(table);
+    let (stages, arms) = stage_and_arm_order(table);
     let n = stages.len() as f64;
     let width = 0.8 / arms.len() as f64;
     let title = if table.seeds > 1 {
@@ -353,7 +372,8 @@ pub fn accuracy_by_stage_chart(
             .y_desc("accuracy")
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
-            .light_line_style(RGBColor(235, 235, 235))
+            .bold_line_style(RGBColor(225, 225, 225))
+            .light_line_style(WHITE)
             .draw()
             .map_err(|e| plot_err(path, e))?;
         for (a, arm) in arms.iter().enumerate() {
@@ -378,12 +398,17 @@ pub fn accuracy_by_stage_chart(
             let whiskers = bars.iter().filter_map(|&(x, m, s)| {
                 let s = s?;
                 let lo = (m - s).max(0.0);
-                Some(PathElement::new(
-                    vec![(x, lo), (x, m + s), (x, lo)],
-                    BLACK.stroke_width(2),
-                ))
+                let hi = m + s;
+                let cap = width * 0.15;
+                Some([
+                    PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(1)),
+                    PathElement::new(vec![(x - cap, lo), (x + cap, lo)], BLACK.stroke_width(1)),
+                    PathElement::new(vec![(x - cap, hi), (x + cap, hi)], BLACK.stroke_width(1)),
+                ])
             });
-            chart.draw_series(whiskers).map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(whiskers.flatten())
+                .map_err(|e| plot_err(path, e))?;
         }
         // Stage names under their group of bars, in pixel coordinates of the root area.
         let style = TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Top));

@@ -19,9 +19,12 @@ enum Kind {
     Histogram,
 }
 
+/// Label pairs of one sample.
+type Labels = Vec<(&'static str, &'static str)>;
+
 /// How each runtime metric is recorded in src/actors (counter, gauge or histogram) and with
 /// which labels. Must name exactly the metrics of `telemetry::ALL`.
-fn kinds() -> Vec<(&'static str, Kind, Vec<(&'static str, &'static str)>)> {
+fn kinds() -> Vec<(&'static str, Kind, Labels)> {
     use Kind::*;
     let actor = vec![
         ("stage", "align"),

@@ -5,10 +5,13 @@
 //! - [`table`]: the results table per arm and stage, in Markdown and fixed-width text, with the
 //!   multi-seed mean ± sample std.
 //! - [`progress`]: one progress bar per stage (indicatif), or plain log lines off a terminal.
+//! - [`write_report`] puts them together for a run directory (or several seeds), and [`cli`]
+//!   is `prism report`.
 //!
 //! Every file here is written atomically ([`atomic_write`]): a reader never sees half a PNG or
 //! half a table.
 
+pub mod cli;
 pub mod metrics_log;
 pub mod plots;
 pub mod progress;
@@ -91,4 +94,57 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// File name of the results table in a run or report directory.
+pub const TABLE_FILE: &str = "results.md";
+/// Sub-directory of the charts.
+pub const PLOTS_DIR: &str = "plots";
+/// File name of the accuracy-by-stage chart inside [`PLOTS_DIR`].
+pub const ACCURACY_CHART: &str = "accuracy_by_stage.png";
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportFiles {
+    /// The results table and the accuracy chart; `None` when no seed logged evaluation rows.
+    pub table: Option<(SummaryTable, PathBuf, PathBuf)>,
+    /// Curve charts (losses, rewards, discriminator); per seed under `plots/seed<i>/` when
+    /// there are several seeds.
+    pub curves: Vec<PathBuf>,
+}
+
+/// Writes the report of one run (one seed) or of the same comparison over several seeds into
+/// `out_dir`: `results.md` (mean ± std over seeds), `plots/accuracy_by_stage.png` and the curve
+/// charts of [`MetricGroup::defaults`]. The table rows come from the evaluation records of each
+/// seed's log ([`table::rows_from_log`]).
+pub fn write_report(
+    out_dir: &Path,
+    seeds: &[Vec<MetricRecord>],
+) -> Result<ReportFiles, ReportError> {
+    if seeds.is_empty() {
+        return Err(ReportError::Input("no runs to report".into()));
+    }
+    let plots = out_dir.join(PLOTS_DIR);
+    fs::create_dir_all(&plots).map_err(|e| ReportError::io(&plots, e))?;
+    let per_seed: Vec<Vec<EvalRow>> = seeds.iter().map(|r| table::rows_from_log(r)).collect();
+    let table = if per_seed.iter().all(Vec::is_empty) {
+        None
+    } else {
+        let t = aggregate_seeds(&per_seed)?;
+        let md = out_dir.join(TABLE_FILE);
+        t.write_markdown(&md)?;
+        let chart = plots.join(ACCURACY_CHART);
+        accuracy_by_stage_chart(&chart, &t, plots::SIZE)?;
+        Some((t, md, chart))
+    };
+    let groups = MetricGroup::defaults();
+    let mut curves = Vec::new();
+    if seeds.len() == 1 {
+        curves.extend(plot_run(&seeds[0], &plots, &groups)?);
+    } else {
+        for (i, records) in seeds.iter().enumerate() {
+            curves.extend(plot_run(records, &plots.join(format!("seed{i}")), &groups)?);
+        }
+    }
+    Ok(ReportFiles { table, curves })
 }

@@ -147,7 +147,7 @@ impl StageProgress {
 
     /// Marks `step` steps done (absolute; may only grow).
     pub fn set_step(&mut self, step: u64) {
-        self.step = step.max(self.step).min(self.total.max(step));
+        self.step = self.step.max(step);
         if let Some(b) = &self.bar {
             b.set_position(self.step);
         } else {

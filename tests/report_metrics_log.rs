@@ -196,3 +196,10 @@ fn a_log_that_is_only_a_torn_line_reopens_empty() {
     assert_eq!(log.torn_bytes_cut(), 9000);
     assert_eq!(fs::metadata(&path).unwrap().len(), 0);
 }
+
+#[test]
+fn out_of_range_wall_time_names_the_line() {
+    let bytes = b"{\"stage\":\"s\",\"arm\":\"a\",\"step\":1,\"wall_time\":1e999,\"metrics\":{}}\n";
+    let err = parse_metrics("m.jsonl".as_ref(), bytes).unwrap_err();
+    assert!(err.to_string().starts_with("m.jsonl:1:"), "{err}");
+}

@@ -215,6 +215,33 @@ fn accuracy_by_stage_chart_draws_bars_for_both_arms_with_whiskers() {
 }
 
 #[test]
+fn degenerate_sizes_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.png");
+    let series = [Series {
+        label: "s".into(),
+        points: vec![(0.0, 1.0), (1.0, 2.0)],
+    }];
+    for size in [(0, 0), (10, 10), (100_000, 600)] {
+        let err = line_chart(&path, "t", "x", "y", &series, size).unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
+    }
+    let t = SummaryTable::single(vec![eval("a", "s", 0.5)]).unwrap();
+    assert!(accuracy_by_stage_chart(&path, &t, (0, 0)).is_err());
+    assert!(!path.exists());
+    // The smallest allowed size still draws.
+    line_chart(
+        &path,
+        "t",
+        "x",
+        "y",
+        &series,
+        prism::report::plots::MIN_SIZE,
+    )
+    .unwrap();
+}
+
+#[test]
 fn accuracy_chart_of_an_empty_table_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let empty = SummaryTable {

@@ -44,12 +44,6 @@ pub enum ReportError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}:{line}: metrics record has {what}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        what: String,
-    },
     #[error("cannot draw {path}: {message}")]
     Plot { path: PathBuf, message: String },
     #[error("bad report input: {0}")]

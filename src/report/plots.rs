@@ -119,6 +119,23 @@ impl MetricGroup {
     }
 }
 
+/// Smallest chart the layout (caption, label areas, margins) fits in.
+pub const MIN_SIZE: (u32, u32) = (240, 180);
+
+fn check_size(path: &Path, size: (u32, u32)) -> Result<(), ReportError> {
+    if size.0 < MIN_SIZE.0 || size.1 < MIN_SIZE.1 || size.0 > 8192 || size.1 > 8192 {
+        return Err(ReportError::Input(format!(
+            "chart {}: size {}x{} is outside {}x{} to 8192x8192",
+            path.display(),
+            size.0,
+            size.1,
+            MIN_SIZE.0,
+            MIN_SIZE.1
+        )));
+    }
+    Ok(())
+}
+
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
     ReportError::Plot {
         path: path.to_path_buf(),
@@ -207,6 +224,7 @@ pub fn line_chart(
     size: (u32, u32),
 ) -> Result<(), ReportError> {
     register_font()?;
+    check_size(path, size)?;
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| finite(&s.points)).collect();
     if all.is_empty() {
         return Err(ReportError::Input(format!(
@@ -338,6 +356,7 @@ pub fn accuracy_by_stage_chart(
     size: (u32, u32),
 ) -> Result<(), ReportError> {
     register_font()?;
+    check_size(path, size)?;
     if table.rows.is_empty() {
         return Err(ReportError::Input(format!(
             "accuracy chart {}: the results table has no rows",

@@ -162,3 +162,8 @@ fn bar_mode_prints_no_plain_lines() {
     s.finish();
     assert!(buf.lines().is_empty());
 }
+
+#[test]
+fn bar_template_is_valid_indicatif() {
+    assert!(indicatif::ProgressStyle::with_template(prism::report::progress::BAR_TEMPLATE).is_ok());
+}

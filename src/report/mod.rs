@@ -10,6 +10,32 @@
 //!
 //! Every file here is written atomically ([`atomic_write`]): a reader never sees half a PNG or
 //! half a table.
+//!
+//! How a stage uses it (evaluation logs `accuracy`, `format_valid_rate`,
+//! `perception_error_rate`, `reasoning_error_rate` and `n` under the same stage and arm, which
+//! is where the table's rows come from):
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use prism::report::{MetricsLog, Progress, ProgressOptions, read_metrics, write_report};
+//! # fn main() -> Result<(), prism::report::ReportError> {
+//! let run_dir = std::path::Path::new("runs/demo");
+//! let mut log = MetricsLog::open_in(run_dir)?;
+//! let progress = Progress::new(ProgressOptions::default());
+//! let mut bar = progress.stage("align", 100);
+//! for step in 1..=100 {
+//!     let reward = 0.5;
+//!     log.log("align", "prism", step, BTreeMap::from([("reward_mean".into(), reward)]))?;
+//!     bar.set_metric("reward", reward);
+//!     bar.set_step(step);
+//! }
+//! bar.finish();
+//! log.sync()?; // at each checkpoint
+//! let records = read_metrics(log.path())?.records;
+//! write_report(run_dir, &[records])?; // results.md and plots/
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cli;
 pub mod metrics_log;

@@ -40,6 +40,10 @@ impl Default for ProgressOptions {
     }
 }
 
+/// indicatif template of a stage's bar: name, bar, step/total, key metric, ETA.
+pub const BAR_TEMPLATE: &str =
+    "{prefix:>8.bold} [{bar:32.cyan/blue}] {pos:>6}/{len:<6} {msg}  eta {eta}";
+
 type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// The progress display of a run; hands out one [`StageProgress`] per stage.
@@ -83,11 +87,9 @@ impl Progress {
     /// Starts the display of a stage of `total` steps.
     pub fn stage(&self, name: &str, total: u64) -> StageProgress {
         let bar = self.multi.as_ref().map(|m| {
-            let style = ProgressStyle::with_template(
-                "{prefix:>8.bold} [{bar:32.cyan/blue}] {pos:>6}/{len:<6} {msg}  eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style = ProgressStyle::with_template(BAR_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
             let pb = m.add(ProgressBar::new(total));
             pb.set_style(style);
             pb.set_prefix(name.to_string());

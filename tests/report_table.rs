@@ -186,3 +186,23 @@ fn rows_from_log_take_the_last_eval_record_per_arm_and_stage() {
     assert_eq!(rows[0].n, 64);
     assert_eq!(rows[1].accuracy, 0.4);
 }
+
+#[test]
+fn markdown_is_written_atomically_and_concurrent_writers_do_not_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.md");
+    let t = SummaryTable::single(vec![row("prism", "sft", 10, 0.5, 1.0, 0.0, 0.5)]).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| t.write_markdown(&path).unwrap());
+        }
+    });
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), t.to_markdown());
+    let entries = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(entries, 1, "temporary files left behind");
+    // A directory that does not exist is named in the error.
+    let err = t
+        .write_markdown(&dir.path().join("no/such/dir/results.md"))
+        .unwrap_err();
+    assert!(err.to_string().contains("no/such/dir"), "{err}");
+}

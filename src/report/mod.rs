@@ -46,6 +46,7 @@ pub mod table;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
@@ -95,9 +96,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     let name = path
         .file_name()
         .ok_or_else(|| ReportError::Input(format!("{} names no file", path.display())))?;
+    // Unique per process and call, so concurrent writers of one path never share a temp file.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    tmp_name.push(format!(".tmp{}-{seq}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| ReportError::io(&tmp, e))?;

@@ -18,6 +18,7 @@ demo: release
 	fi
 
 test:
+	bash scripts/setup-test-tools.sh
 	$(CARGO) build --all-targets
 	$(CARGO) test --lib --bins --tests -- --test-threads=2
 

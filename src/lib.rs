@@ -26,6 +26,7 @@ pub mod actors;
 pub mod algo;
 pub mod data;
 pub mod models;
+pub mod report;
 pub mod reward;
 pub mod runtime;
 pub mod stages;

@@ -28,6 +28,8 @@ enum Command {
     Data(prism::data::cli::DataCommand),
     /// Score a JSONL file of responses with the verifiable reward (0.8·acc + 0.2·format).
     Score(prism::reward::cli::ScoreArgs),
+    /// Rebuild the results table and plots from run directories (several = seeds, mean ± std).
+    Report(prism::report::cli::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(cmd) => prism::data::cli::run(cmd)?,
         Command::Score(args) => {
             prism::reward::cli::run(&args)?;
+        }
+        Command::Report(args) => {
+            prism::report::cli::run(&args)?;
         }
     }
     Ok(ExitCode::SUCCESS)

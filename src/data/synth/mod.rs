@@ -2,7 +2,7 @@
 //!
 //! # Layout and data flow
 //!
-//! seed → [`scene`] (objects on a 3×3 grid) → [`render`] (160×160 RGB PNG) and [`question`]
+//! seed → [`scene`] (objects on a 3×3 grid) → [`render`](mod@render) (160×160 RGB PNG) and [`question`]
 //! (a family instance and its solver) → [`Item`] (scene, question, canonical answer) →
 //! [`demo`] (teacher and noisy public demonstrations with error labels) → [`dataset`] (the files
 //! of `prism data synth`). [`classify`] labels a policy response on an item as a perception

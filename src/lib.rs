@@ -29,4 +29,5 @@ pub mod models;
 pub mod reward;
 pub mod runtime;
 pub mod stages;
+pub mod teacher;
 pub mod telemetry;

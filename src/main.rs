@@ -28,6 +28,8 @@ enum Command {
     Data(prism::data::cli::DataCommand),
     /// Score a JSONL file of responses with the verifiable reward (0.8·acc + 0.2·format).
     Score(prism::reward::cli::ScoreArgs),
+    /// Collect teacher demonstrations for an RL parquet from an OpenAI-compatible endpoint.
+    Teacher(prism::teacher::cli::TeacherArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(cmd) => prism::data::cli::run(cmd)?,
         Command::Score(args) => {
             prism::reward::cli::run(&args)?;
+        }
+        Command::Teacher(args) => {
+            prism::teacher::cli::run(&args)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,9 @@
 //! Resumable: every answered call is in the cache before the row counts as done, so a rerun
 //! after a crash or Ctrl-C pays only for what was never answered. Rows that end without a valid
 //! demonstration are reported (row, id, reason) and, by policy, kept with empty teacher columns
-//! (default) or dropped (`--drop-failed`); an invalid answer is never written.
+//! (default) or dropped (`--drop-failed`); an invalid answer is never written. When `--out` is
+//! in another folder than `--data`, relative image paths are rewritten as absolute paths so the
+//! output still finds its images (write next to the input to keep them relative).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -202,6 +204,51 @@ fn request_of(data: &Path, row: usize, r: &RlRecord) -> Result<TeacherRequest, T
     })
 }
 
+/// Relative image paths resolve against the parquet's folder: when `out` lies in another folder
+/// than `data`, they are replaced by the absolute path of the file they name, so the output
+/// still finds its images.
+fn rebase_image_paths(
+    data: &Path,
+    out: &Path,
+    records: &mut [RlRecord],
+) -> Result<(), TeacherError> {
+    let folder = |p: &Path| -> PathBuf {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::canonicalize(&dir).unwrap_or(dir)
+    };
+    if let Some(dir) = out.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    if folder(data) == folder(out) {
+        return Ok(());
+    }
+    for r in records.iter_mut() {
+        for img in &mut r.images {
+            let has_bytes = img.bytes.as_ref().is_some_and(|b| !b.is_empty());
+            if let Some(p) = &img.path
+                && !has_bytes
+                && Path::new(p).is_relative()
+            {
+                let full = crate::data::io::resolve(data, p);
+                let abs = std::fs::canonicalize(&full).map_err(|source| DataError::Io {
+                    path: full.clone(),
+                    source,
+                })?;
+                img.path = Some(abs.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A progress bar on stderr, hidden when stderr is not a terminal.
 fn progress_bar(len: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -246,6 +293,7 @@ pub fn run(args: &TeacherArgs) -> Result<CollectSummary, TeacherError> {
             .collect();
     }
     summary.written = records.len();
+    rebase_image_paths(&args.data, &args.out, &mut records)?;
     rl_parquet::write(&args.out, &records)?;
     for f in &summary.failed {
         eprintln!("failed: {}", f.message);

@@ -196,7 +196,11 @@ impl TeacherClient {
         let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
         Ok(TeacherClient {
             inner: Arc::new(Inner {
-                limiter: RateLimiter::per_minute(cfg.requests_per_minute, cfg.tokens_per_minute),
+                limiter: RateLimiter::new(
+                    cfg.requests_per_minute,
+                    cfg.tokens_per_minute,
+                    Duration::from_secs_f64(cfg.rate_window_secs),
+                ),
                 gate: Semaphore::new(cfg.max_concurrency),
                 url,
                 http,

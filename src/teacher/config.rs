@@ -47,13 +47,17 @@ pub struct TeacherConfig {
     /// Requests in flight at once.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
-    /// Requests started in any 60-second window (0: unlimited).
+    /// Requests started in any `rate_window_secs` window, 60 s by default (0: unlimited).
     #[serde(default)]
     pub requests_per_minute: u32,
-    /// Tokens (input estimate + `max_tokens`, corrected by the reported usage) in any 60-second
-    /// window (0: unlimited).
+    /// Tokens (input estimate + `max_tokens`, corrected by the reported usage) in any
+    /// `rate_window_secs` window (0: unlimited).
     #[serde(default)]
     pub tokens_per_minute: u64,
+    /// Length of the window the two rate limits are counted over, seconds. Providers count per
+    /// minute: leave it at 60 (tests shorten it).
+    #[serde(default = "default_window")]
+    pub rate_window_secs: f64,
     /// Whole-request timeout, seconds (connect, send, wait and read the body).
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
@@ -91,6 +95,9 @@ pub struct TeacherConfig {
 fn default_concurrency() -> usize {
     8
 }
+fn default_window() -> f64 {
+    60.0
+}
 fn default_timeout() -> f64 {
     120.0
 }
@@ -117,6 +124,7 @@ impl TeacherConfig {
             max_concurrency: default_concurrency(),
             requests_per_minute: 0,
             tokens_per_minute: 0,
+            rate_window_secs: default_window(),
             timeout_secs: default_timeout(),
             max_retries: default_retries(),
             backoff: BackoffConfig::default(),
@@ -173,6 +181,12 @@ impl TeacherConfig {
         }
         if self.max_concurrency == 0 {
             return Err("`max_concurrency` must be at least 1".into());
+        }
+        if !(self.rate_window_secs.is_finite() && self.rate_window_secs > 0.0) {
+            return Err(format!(
+                "`rate_window_secs` must be positive, got {}",
+                self.rate_window_secs
+            ));
         }
         if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0) {
             return Err(format!(

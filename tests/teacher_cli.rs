@@ -252,3 +252,23 @@ fn bad_config_and_missing_image_are_clear_errors() {
     );
     assert_eq!(server.total_calls(), 0);
 }
+
+#[test]
+fn example_configs_load_and_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("teacher-") && name.ends_with(".toml") {
+            let cfg = prism::teacher::TeacherConfig::load(&path)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                cfg.cache_path.starts_with(&dir),
+                "{name}: cache path is relative to the config"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "expected the Gemini and vLLM examples");
+}

@@ -279,7 +279,7 @@ impl TeacherClient {
         };
         let _held = key_lock.lock().await;
         let result = match self.inner.cache.get(&key) {
-            Some(entry) => Ok(self.from_cache(entry)),
+            Some(entry) => Ok(self.serve_cached(entry)),
             None => self.ask_teacher(req, &key).await,
         };
         {
@@ -297,7 +297,7 @@ impl TeacherClient {
     }
 
     /// Serves a cached call.
-    fn from_cache(&self, e: CacheEntry) -> Result<Answer, TeacherError> {
+    fn serve_cached(&self, e: CacheEntry) -> Result<Answer, TeacherError> {
         self.lock_stats().cache_hits += 1;
         metrics::counter!(telemetry::TEACHER_CACHE_HITS_TOTAL, "stage" => "http").increment(1);
         match (e.status, split_text(&e.response)) {

@@ -13,7 +13,7 @@
 //! - [`limits`]: the sliding-window request and token limiter.
 //! - [`backend`]: [`HttpTeacher`], the synchronous [`crate::actors::engine::TeacherBackend`].
 //! - [`cli`]: `prism teacher`.
-//! - [`error`]: [`TeacherError`].
+//! - [`error`]: the error type, [`TeacherError`].
 //!
 //! # Failure policy
 //!

@@ -422,3 +422,136 @@ fn http_teacher_backend_gives_demos_and_reports_invalid_answers() {
     assert!(err.contains("prompt 9"), "{err}");
     assert!(server.calls_for("pic").is_empty());
 }
+
+#[test]
+fn http_teacher_batches_concurrently_in_order() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&server, &dir.path().join("cache.jsonl"));
+    cfg.max_concurrency = 4;
+    cfg.timeout_secs = 5.0;
+    let texts: Vec<String> = (0..8).map(|i| format!("batch {i}")).collect();
+    for t in texts.iter().filter(|t| *t != "batch 3") {
+        server.script(t, [Behaviour::Slow(Duration::from_millis(100))]);
+    }
+    server.always("batch 3", Behaviour::Status(400));
+    let client = TeacherClient::with_api_key(cfg, None).unwrap();
+    let backend = HttpTeacher::new(client, HttpTeacher::text_only()).unwrap();
+    let prompts: Vec<PromptItem> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PromptItem {
+            uid: i as u64,
+            prompt_ids: vec![],
+            text: t.clone(),
+            image_hash: None,
+            answer: None,
+        })
+        .collect();
+    let demos = backend.demos(&prompts);
+    assert_eq!(demos.len(), 8);
+    for (i, d) in demos.iter().enumerate() {
+        if i == 3 {
+            assert!(matches!(d, Err(TeacherError::Rejected { status: 400, .. })));
+        } else {
+            let d = d.as_ref().unwrap();
+            assert_eq!(d.prompt_uid, i as u64);
+            assert!(d.caption.text.contains(&texts[i]));
+        }
+    }
+    let peak = server.max_in_flight();
+    assert!((2..=4).contains(&peak), "peak in flight {peak}");
+}
+
+/// A raw TCP server that closes the first `drops` connections without replying, then answers
+/// every request with a valid completion (HTTP/1.1, `Connection: close`).
+fn closing_server(
+    drops: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            // Read the request head and body (it fits in one buffer for these tests).
+            let mut buf = vec![0u8; 1 << 16];
+            let _ = stream.read(&mut buf);
+            if n < drops {
+                drop(stream);
+                continue;
+            }
+            let body = serde_json::json!({
+                "choices": [{"message": {"role": "assistant", "content": valid_answer("raw")}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 6},
+            })
+            .to_string();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn connections_closed_before_a_reply_are_retried_and_refused_ones_reported() {
+    let (addr, seen) = closing_server(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = TeacherConfig::new(
+        &format!("http://{addr}/v1"),
+        "test-model",
+        dir.path().join("a.jsonl"),
+    );
+    cfg.timeout_secs = 2.0;
+    cfg.max_retries = 3;
+    cfg.backoff.initial_secs = 0.01;
+    cfg.backoff.max_secs = 0.05;
+    let rt = runtime();
+    let stats = rt.block_on(async {
+        let client = TeacherClient::with_api_key(cfg, None).unwrap();
+        let a = client.ask(&req("raw")).await.unwrap();
+        assert_eq!(a.response, valid_answer("raw"));
+        client.stats()
+    });
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(stats.retries.get("connection"), Some(&2));
+
+    // Nothing listening: every attempt is refused, and the call is reported as failed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = TeacherConfig::new(
+        &format!("http://127.0.0.1:{port}/v1"),
+        "test-model",
+        dir.path().join("b.jsonl"),
+    );
+    cfg.max_retries = 2;
+    cfg.backoff.initial_secs = 0.01;
+    cfg.backoff.max_secs = 0.05;
+    let err = rt.block_on(async {
+        let client = TeacherClient::with_api_key(cfg, None).unwrap();
+        client.ask(&req("nobody")).await.unwrap_err()
+    });
+    match err {
+        TeacherError::RetriesExhausted { attempts, last } => {
+            assert_eq!(attempts, 3);
+            assert!(last.starts_with("connection"), "{last}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -54,6 +54,19 @@ impl HttpTeacher {
 
     /// The teacher's answer for `prompt` as a [`Demo`], or the error that ended the call.
     pub fn demo(&self, prompt: &PromptItem) -> Result<Demo, TeacherError> {
+        self.runtime.block_on(self.demo_async(prompt))
+    }
+
+    /// Demonstrations for many prompts at once (up to `max_concurrency` calls in flight), in
+    /// order, each a demo or the error that ended its call. For callers that hold a whole batch
+    /// (the trait asks one prompt at a time).
+    pub fn demos(&self, prompts: &[PromptItem]) -> Vec<Result<Demo, TeacherError>> {
+        self.runtime.block_on(futures::future::join_all(
+            prompts.iter().map(|p| self.demo_async(p)),
+        ))
+    }
+
+    async fn demo_async(&self, prompt: &PromptItem) -> Result<Demo, TeacherError> {
         let label = format!("prompt {}", prompt.uid);
         let images = (self.images)(prompt).map_err(|message| TeacherError::Image {
             prompt: label.clone(),
@@ -65,7 +78,7 @@ impl HttpTeacher {
             text: prompt.text.clone(),
             images,
         };
-        let answer = self.runtime.block_on(self.client.ask(&req))?;
+        let answer = self.client.ask(&req).await?;
         Ok(Demo {
             prompt_uid: prompt.uid,
             caption: Segment {

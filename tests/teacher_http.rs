@@ -555,3 +555,31 @@ fn connections_closed_before_a_reply_are_retried_and_refused_ones_reported() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn retry_after_on_one_call_holds_the_other_calls() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&server, &dir.path().join("cache.jsonl"));
+    cfg.max_concurrency = 4;
+    server.script("limited", [Behaviour::RateLimited(Some("0.4".into()))]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = TeacherClient::with_api_key(cfg, None).unwrap();
+        let other = async {
+            // Starts while the first call waits out its Retry-After.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.ask(&req("bystander")).await
+        };
+        let limited = req("limited");
+        let (a, b) = tokio::join!(client.ask(&limited), other);
+        a.unwrap();
+        b.unwrap();
+    });
+    let first = server.calls_for("limited")[0].at;
+    let bystander = server.calls_for("bystander")[0].at;
+    assert!(
+        bystander.duration_since(first) >= Duration::from_millis(390),
+        "a call went out during the server's Retry-After"
+    );
+}

@@ -136,6 +136,8 @@ struct Inner {
     stats: Mutex<TeacherStats>,
     /// One lock per key being asked, so concurrent identical prompts are paid once.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// After a 429 with `Retry-After`, no attempt of any call starts before this instant.
+    cooldown: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for TeacherClient {
@@ -208,6 +210,7 @@ impl TeacherClient {
                 cache,
                 stats: Mutex::new(TeacherStats::default()),
                 inflight: Mutex::new(HashMap::new()),
+                cooldown: Mutex::new(None),
                 cfg,
             }),
         })
@@ -411,6 +414,7 @@ impl TeacherClient {
         let estimate = text_chars as u64 / 4 + image_tokens + u64::from(cfg.max_tokens);
         let mut attempt = 0u32;
         loop {
+            self.wait_cooldown().await;
             let ticket = self.inner.limiter.acquire(estimate).await;
             let outcome = {
                 let _permit = self
@@ -467,6 +471,16 @@ impl TeacherClient {
                     metrics::counter!(telemetry::TEACHER_RETRIES_TOTAL, "reason" => reason)
                         .increment(1);
                     let wait = retry_wait(cfg, attempt, retry_after);
+                    if reason == "rate_limited" && retry_after.is_some() {
+                        // The server said when it will take requests again: hold every call.
+                        let until = Instant::now() + wait;
+                        let mut c = self
+                            .inner
+                            .cooldown
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        *c = Some(c.map_or(until, |t| t.max(until)));
+                    }
                     tracing::debug!(
                         "teacher: retry {} after {reason} in {:.3}s: {message}",
                         attempt + 1,
@@ -475,6 +489,21 @@ impl TeacherClient {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
+            }
+        }
+    }
+
+    /// Sleeps until the shared cooldown set by a 429's `Retry-After` (if any) has passed.
+    async fn wait_cooldown(&self) {
+        loop {
+            let until = *self
+                .inner
+                .cooldown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
             }
         }
     }
@@ -549,11 +578,54 @@ pub fn retry_wait(cfg: &TeacherConfig, attempt: u32, retry_after: Option<Duratio
     Duration::from_secs_f64(rand::rng().random_range(0.0..=bound))
 }
 
-/// `Retry-After` as delay-seconds (integer or decimal). HTTP-date values are not parsed (the
-/// backoff applies).
+/// `Retry-After` as delay-seconds (integer or decimal) or as an IMF-fixdate HTTP-date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, turned into the delay from now; a past date is zero).
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let at = parse_http_date(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some(Duration::from_secs_f64(
+        (at as f64 - now).clamp(0.0, 86_400.0),
+    ))
+}
+
+/// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`); other HTTP-date forms are
+/// `None`.
+pub fn parse_http_date(v: &str) -> Option<i64> {
+    let rest = v.split_once(", ")?.1;
+    let f: Vec<&str> = rest.split(' ').collect();
+    if f.len() != 5 || f[4] != "GMT" {
+        return None;
+    }
+    let day: i64 = f[0].parse().ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == f[1])? as i64 + 1;
+    let year: i64 = f[2].parse().ok()?;
+    let hms: Vec<i64> = f[3]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 || !(1..=31).contains(&day) || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (proleptic Gregorian).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
 }
 
 /// The first characters of a server body, for error messages.
@@ -690,7 +762,12 @@ mod tests {
         cfg.backoff.max_secs = 3.0;
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("0.25"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
         assert_eq!(
             retry_wait(&cfg, 0, Some(Duration::from_secs(2))),
@@ -710,6 +787,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn http_dates() {
+        // Reference values from `date -u -d … +%s`.
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30;
+        // 30 s from now as an IMF-fixdate: the delay is about 30 s.
+        let d = parse_retry_after(&imf(later as i64)).unwrap();
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+    }
+
+    /// IMF-fixdate of unix seconds (test helper; weekday is not checked by the parser).
+    fn imf(t: i64) -> String {
+        let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+        // Civil date from days (inverse of the parser's formula).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        format!(
+            "Mon, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+            MONTHS[(m - 1) as usize],
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
     }
 
     #[test]

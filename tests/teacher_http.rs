@@ -20,7 +20,7 @@ use teacher_server::{Behaviour, COMPLETION_TOKENS, PROMPT_TOKENS, TestServer, va
 /// A config for the test server with fast retries and a short timeout.
 fn config(server: &TestServer, cache: &std::path::Path) -> TeacherConfig {
     let mut cfg = TeacherConfig::new(&server.base_url(), "test-model", cache);
-    cfg.timeout_secs = 0.5;
+    cfg.timeout_secs = 1.0;
     cfg.max_retries = 4;
     cfg.backoff.initial_secs = 0.01;
     cfg.backoff.multiplier = 2.0;
@@ -68,7 +68,7 @@ fn faults_end_valid_or_reported_and_restart_pays_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache.jsonl");
     server.script("ok", []);
-    server.script("slow", [Behaviour::Slow(Duration::from_secs(2))]);
+    server.script("slow", [Behaviour::Slow(Duration::from_millis(2500))]);
     server.script("429", [Behaviour::RateLimited(Some("0.3".into()))]);
     server.script("5xx", [Behaviour::Status(500), Behaviour::Status(503)]);
     server.script("malformed", [Behaviour::Malformed]);
@@ -284,9 +284,10 @@ fn request_and_token_rates_are_respected() {
     let mut times: Vec<Instant> = server.calls().iter().map(|c| c.at).collect();
     times.sort();
     for i in 2..times.len() {
-        // A little slack for the time between admission and the server seeing the request.
+        // Slack for the time between admission and the server seeing the request (without the
+        // limit all six arrive within a few milliseconds).
         assert!(
-            times[i].duration_since(times[i - 2]) >= window - Duration::from_millis(20),
+            times[i].duration_since(times[i - 2]) >= window - Duration::from_millis(100),
             "3 requests within one window"
         );
     }

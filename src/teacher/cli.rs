@@ -267,11 +267,11 @@ fn progress_bar(len: u64) -> ProgressBar {
 /// JSON summary), prints the summary line and every failed row.
 pub fn run(args: &TeacherArgs) -> Result<CollectSummary, TeacherError> {
     let cfg = TeacherConfig::load(&args.config)?;
-    let client = TeacherClient::new(cfg)?;
     let opts = ReadOptions {
         skip_bad: args.skip_bad,
     };
     let loaded = rl_parquet::read(&args.data, opts)?;
+    let client = TeacherClient::new(cfg)?;
     let mut records = loaded.records;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

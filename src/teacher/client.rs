@@ -185,8 +185,9 @@ impl TeacherClient {
         cfg: TeacherConfig,
         api_key: Option<ApiKey>,
     ) -> Result<TeacherClient, TeacherError> {
+        // `TeacherConfig::load` has already named the file; a config built in code has none.
         cfg.validate().map_err(|message| TeacherError::Config {
-            path: cfg.cache_path.clone(),
+            path: "<config given in code>".into(),
             message,
         })?;
         let http = reqwest::Client::builder()

@@ -30,4 +30,5 @@ pub mod report;
 pub mod reward;
 pub mod runtime;
 pub mod stages;
+pub mod teacher;
 pub mod telemetry;

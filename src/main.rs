@@ -30,6 +30,8 @@ enum Command {
     Score(prism::reward::cli::ScoreArgs),
     /// Rebuild the results table and plots from run directories (several = seeds, mean ± std).
     Report(prism::report::cli::ReportArgs),
+    /// Collect teacher demonstrations for an RL parquet from an OpenAI-compatible endpoint.
+    Teacher(prism::teacher::cli::TeacherArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +68,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Report(args) => {
             prism::report::cli::run(&args)?;
+        Command::Teacher(args) => {
+            prism::teacher::cli::run(&args)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -45,6 +45,22 @@ pub const STEPS_TOTAL: &str = "prism_steps_total";
 /// Teacher-client cache hits and misses.
 pub const TEACHER_CACHE_HITS_TOTAL: &str = "prism_teacher_cache_hits_total";
 pub const TEACHER_CACHE_MISSES_TOTAL: &str = "prism_teacher_cache_misses_total";
+/// HTTP attempts sent to the teacher (retries and re-asks included).
+pub const TEACHER_REQUESTS_TOTAL: &str = "prism_teacher_requests_total";
+/// Teacher retries, by `reason` (rate_limited, server_error, timeout, connection, malformed).
+pub const TEACHER_RETRIES_TOTAL: &str = "prism_teacher_retries_total";
+/// Input (prompt) tokens the teacher reported.
+pub const TEACHER_INPUT_TOKENS_TOTAL: &str = "prism_teacher_input_tokens_total";
+/// Output (completion) tokens the teacher reported.
+pub const TEACHER_OUTPUT_TOKENS_TOTAL: &str = "prism_teacher_output_tokens_total";
+/// Cumulative teacher cost at the configured prices.
+pub const TEACHER_COST_USD: &str = "prism_teacher_cost_usd";
+/// Duration of each teacher HTTP attempt.
+pub const TEACHER_REQUEST_SECONDS: &str = "prism_teacher_request_seconds";
+/// Teacher answers outside the three-block format.
+pub const TEACHER_INVALID_ANSWERS_TOTAL: &str = "prism_teacher_invalid_answers_total";
+/// Teacher calls that ended without a valid demonstration, by `reason`.
+pub const TEACHER_FAILURES_TOTAL: &str = "prism_teacher_failures_total";
 
 /// Errors of the exporter set-up.
 #[derive(Debug, Error)]
@@ -77,6 +93,14 @@ pub const ALL: &[&str] = &[
     STEPS_TOTAL,
     TEACHER_CACHE_HITS_TOTAL,
     TEACHER_CACHE_MISSES_TOTAL,
+    TEACHER_REQUESTS_TOTAL,
+    TEACHER_RETRIES_TOTAL,
+    TEACHER_INPUT_TOKENS_TOTAL,
+    TEACHER_OUTPUT_TOKENS_TOTAL,
+    TEACHER_COST_USD,
+    TEACHER_REQUEST_SECONDS,
+    TEACHER_INVALID_ANSWERS_TOTAL,
+    TEACHER_FAILURES_TOTAL,
 ];
 
 /// The `stage`, `actor`, `device` labels of an actor's metrics.
@@ -171,6 +195,45 @@ pub fn describe_all() {
         TEACHER_CACHE_MISSES_TOTAL,
         Unit::Count,
         "Teacher demonstrations requested from the backend"
+    );
+    describe_counter!(
+        TEACHER_REQUESTS_TOTAL,
+        Unit::Count,
+        "HTTP attempts sent to the teacher, retries and re-asks included"
+    );
+    describe_counter!(
+        TEACHER_RETRIES_TOTAL,
+        Unit::Count,
+        "Teacher retries by reason"
+    );
+    describe_counter!(
+        TEACHER_INPUT_TOKENS_TOTAL,
+        Unit::Count,
+        "Input tokens reported by the teacher"
+    );
+    describe_counter!(
+        TEACHER_OUTPUT_TOKENS_TOTAL,
+        Unit::Count,
+        "Output tokens reported by the teacher"
+    );
+    describe_gauge!(
+        TEACHER_COST_USD,
+        "Cumulative teacher cost in US dollars at the configured prices"
+    );
+    describe_histogram!(
+        TEACHER_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Duration of each teacher HTTP attempt"
+    );
+    describe_counter!(
+        TEACHER_INVALID_ANSWERS_TOTAL,
+        Unit::Count,
+        "Teacher answers outside the three-block format"
+    );
+    describe_counter!(
+        TEACHER_FAILURES_TOTAL,
+        Unit::Count,
+        "Teacher calls that ended without a valid demonstration, by reason"
     );
 }
 

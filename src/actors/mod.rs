@@ -45,6 +45,7 @@
 pub mod compute;
 pub mod config;
 pub mod coordinator;
+pub mod dataset_teacher;
 pub mod engine;
 pub mod errors;
 pub mod expert;

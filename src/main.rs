@@ -19,6 +19,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a value head (PRISM discriminator).
+    Upcycle(prism::models::upcycle::UpcycleArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", doctor.report());
             }
         }
+        Command::Upcycle(args) => prism::models::upcycle::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "prism", version, about = "Post-train Qwen3-VL with the PRISM recipe")]
+#[command(
+    name = "prism",
+    version,
+    about = "Post-train Qwen3-VL with the PRISM recipe"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

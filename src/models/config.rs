@@ -264,9 +264,9 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => {
-                let arr = v
-                    .as_array()
-                    .ok_or_else(|| self.err(key, format!("expected a list of integers, got {v}")))?;
+                let arr = v.as_array().ok_or_else(|| {
+                    self.err(key, format!("expected a list of integers, got {v}"))
+                })?;
                 arr.iter()
                     .map(|x| {
                         x.as_i64().ok_or_else(|| {
@@ -371,7 +371,10 @@ impl Qwen3VlConfig {
             if id < 0 || id >= text_config.vocab_size {
                 return Err(top.err(
                     key,
-                    format!("{id} is outside the vocabulary [0, {})", text_config.vocab_size),
+                    format!(
+                        "{id} is outside the vocabulary [0, {})",
+                        text_config.vocab_size
+                    ),
                 ));
             }
         }
@@ -380,7 +383,10 @@ impl Qwen3VlConfig {
             Some(vh) => {
                 let name = vh.get("name").and_then(Value::as_str);
                 let bias = vh.get("bias").and_then(Value::as_bool);
-                let input = vh.get("input").and_then(Value::as_str).unwrap_or("final_norm");
+                let input = vh
+                    .get("input")
+                    .and_then(Value::as_str)
+                    .unwrap_or("final_norm");
                 match (name, bias, input) {
                     (Some(name), Some(bias), "final_norm") => Some(ValueHeadConfig {
                         name: name.to_string(),
@@ -466,10 +472,7 @@ impl Qwen3VlConfig {
             obj.insert("decoder_sparse_step".into(), json!(m.decoder_sparse_step));
             obj.insert("mlp_only_layers".into(), json!(m.mlp_only_layers));
             obj.insert("norm_topk_prob".into(), json!(m.norm_topk_prob));
-            obj.insert(
-                "router_aux_loss_coef".into(),
-                json!(m.router_aux_loss_coef),
-            );
+            obj.insert("router_aux_loss_coef".into(), json!(m.router_aux_loss_coef));
         }
         let vision = json!({
             "model_type": self.model_type,
@@ -522,18 +525,26 @@ impl Qwen3VlConfig {
     }
 }
 
-fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Option<bool>, Option<String>)> {
+fn parse_text(
+    v: &Value,
+    file: &Path,
+    is_moe: bool,
+) -> Result<(TextConfig, Option<bool>, Option<String>)> {
     let mut f = Fields::new(file, "text_config.", v)?;
     let hidden_size = f.i64("hidden_size")?;
     positive(&f, "hidden_size", hidden_size)?;
     let num_attention_heads = f.i64("num_attention_heads")?;
     positive(&f, "num_attention_heads", num_attention_heads)?;
-    let num_key_value_heads = f.opt_i64("num_key_value_heads")?.unwrap_or(num_attention_heads);
+    let num_key_value_heads = f
+        .opt_i64("num_key_value_heads")?
+        .unwrap_or(num_attention_heads);
     positive(&f, "num_key_value_heads", num_key_value_heads)?;
     if num_attention_heads % num_key_value_heads != 0 {
         return Err(f.err(
             "num_key_value_heads",
-            format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
+            format!(
+                "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
+            ),
         ));
     }
     let head_dim = f
@@ -541,11 +552,17 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
         .unwrap_or(hidden_size / num_attention_heads);
     positive(&f, "head_dim", head_dim)?;
     if head_dim % 2 != 0 {
-        return Err(f.err("head_dim", format!("must be even for rotary, got {head_dim}")));
+        return Err(f.err(
+            "head_dim",
+            format!("must be even for rotary, got {head_dim}"),
+        ));
     }
     let hidden_act = f.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into());
     if hidden_act != "silu" {
-        return Err(f.err("hidden_act", format!("only \"silu\" is supported, got \"{hidden_act}\"")));
+        return Err(f.err(
+            "hidden_act",
+            format!("only \"silu\" is supported, got \"{hidden_act}\""),
+        ));
     }
     // Rope: 4.57 `rope_theta` + `rope_scaling`, v5 `rope_parameters`.
     let (rope_obj, rope_key) = match f.get("rope_parameters") {
@@ -569,7 +586,10 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
                     }
                 }
                 "rope_theta" => {
-                    rope_theta = Some(val.as_f64().ok_or_else(|| f.err(&key, "expected a number"))?)
+                    rope_theta = Some(
+                        val.as_f64()
+                            .ok_or_else(|| f.err(&key, "expected a number"))?,
+                    )
                 }
                 "mrope_section" => {
                     let arr = val
@@ -579,8 +599,10 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
                     mrope_section = Some(arr);
                 }
                 "mrope_interleaved" => {
-                    mrope_interleaved =
-                        Some(val.as_bool().ok_or_else(|| f.err(&key, "expected true/false"))?)
+                    mrope_interleaved = Some(
+                        val.as_bool()
+                            .ok_or_else(|| f.err(&key, "expected true/false"))?,
+                    )
                 }
                 "partial_rotary_factor" => {
                     if val.as_f64() != Some(1.0) {
@@ -591,13 +613,25 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
             }
         }
     }
-    let rope_theta = rope_theta.ok_or_else(|| f.err("rope_theta", "required field is missing (neither rope_theta nor rope_parameters.rope_theta)"))?;
-    let mrope_section = mrope_section
-        .ok_or_else(|| f.err(&format!("{rope_key}.mrope_section"), "required field is missing"))?;
+    let rope_theta = rope_theta.ok_or_else(|| {
+        f.err(
+            "rope_theta",
+            "required field is missing (neither rope_theta nor rope_parameters.rope_theta)",
+        )
+    })?;
+    let mrope_section = mrope_section.ok_or_else(|| {
+        f.err(
+            &format!("{rope_key}.mrope_section"),
+            "required field is missing",
+        )
+    })?;
     if mrope_section.len() != 3 || mrope_section.iter().sum::<i64>() != head_dim / 2 {
         return Err(f.err(
             &format!("{rope_key}.mrope_section"),
-            format!("{mrope_section:?} must have 3 entries summing to head_dim/2 = {}", head_dim / 2),
+            format!(
+                "{mrope_section:?} must have 3 entries summing to head_dim/2 = {}",
+                head_dim / 2
+            ),
         ));
     }
     let mrope_interleaved = mrope_interleaved.unwrap_or(true);
@@ -615,7 +649,10 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
         positive(&f, "num_experts", num_experts)?;
         let k = f.i64("num_experts_per_tok")?;
         if k <= 0 || k > num_experts {
-            return Err(f.err("num_experts_per_tok", format!("{k} must be in 1..={num_experts}")));
+            return Err(f.err(
+                "num_experts_per_tok",
+                format!("{k} must be in 1..={num_experts}"),
+            ));
         }
         let moe_intermediate_size = f.i64("moe_intermediate_size")?;
         positive(&f, "moe_intermediate_size", moe_intermediate_size)?;
@@ -656,7 +693,10 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
     positive(&f, "num_hidden_layers", cfg.num_hidden_layers)?;
     positive(&f, "intermediate_size", cfg.intermediate_size)?;
     if f.get("sliding_window").is_some() || f.opt_bool("use_sliding_window")? == Some(true) {
-        return Err(f.err("sliding_window", "sliding-window attention is not part of Qwen3-VL"));
+        return Err(f.err(
+            "sliding_window",
+            "sliding-window attention is not part of Qwen3-VL",
+        ));
     }
     let tie = f.opt_bool("tie_word_embeddings")?;
     let dtype = match f.opt_str("dtype")? {
@@ -665,7 +705,11 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
     };
     f.finish(&["model_type", "rope_type", "shared_expert_intermediate_size"])?;
     if let Some(t) = v.get("model_type").and_then(Value::as_str) {
-        let want = if is_moe { "qwen3_vl_moe_text" } else { "qwen3_vl_text" };
+        let want = if is_moe {
+            "qwen3_vl_moe_text"
+        } else {
+            "qwen3_vl_text"
+        };
         if t != want {
             return Err(ModelError::Config {
                 file: file.to_path_buf(),
@@ -674,7 +718,11 @@ fn parse_text(v: &Value, file: &Path, is_moe: bool) -> Result<(TextConfig, Optio
             });
         }
     }
-    if v.get("shared_expert_intermediate_size").and_then(Value::as_i64).unwrap_or(0) > 0 {
+    if v.get("shared_expert_intermediate_size")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        > 0
+    {
         return Err(ModelError::Config {
             file: file.to_path_buf(),
             field: "text_config.shared_expert_intermediate_size".into(),
@@ -707,7 +755,9 @@ fn parse_vision(v: &Value, file: &Path, text_hidden: i64) -> Result<VisionConfig
         temporal_patch_size: f.opt_i64("temporal_patch_size")?.unwrap_or(2),
         out_hidden_size: f.i64("out_hidden_size")?,
         num_position_embeddings: f.i64("num_position_embeddings")?,
-        deepstack_visual_indexes: f.opt_i64_list("deepstack_visual_indexes")?.unwrap_or_default(),
+        deepstack_visual_indexes: f
+            .opt_i64_list("deepstack_visual_indexes")?
+            .unwrap_or_default(),
     };
     for (k, x) in [
         ("depth", cfg.depth),
@@ -735,7 +785,10 @@ fn parse_vision(v: &Value, file: &Path, text_hidden: i64) -> Result<VisionConfig
     if cfg.out_hidden_size != text_hidden {
         return Err(f.err(
             "out_hidden_size",
-            format!("{} must equal text_config.hidden_size {text_hidden}", cfg.out_hidden_size),
+            format!(
+                "{} must equal text_config.hidden_size {text_hidden}",
+                cfg.out_hidden_size
+            ),
         ));
     }
     if let Some(&bad) = cfg
@@ -750,10 +803,16 @@ fn parse_vision(v: &Value, file: &Path, text_hidden: i64) -> Result<VisionConfig
     }
     let rope_ok = match f.get("rope_parameters") {
         None => true,
-        Some(r) => r.get("rope_theta").and_then(Value::as_f64).is_none_or(|t| t == 10000.0),
+        Some(r) => r
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .is_none_or(|t| t == 10000.0),
     };
     if !rope_ok {
-        return Err(f.err("rope_parameters.rope_theta", "only 10000 is supported for vision"));
+        return Err(f.err(
+            "rope_parameters.rope_theta",
+            "only 10000 is supported for vision",
+        ));
     }
     f.finish(&["model_type", "dtype", "torch_dtype"])?;
     Ok(cfg)

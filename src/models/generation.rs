@@ -108,7 +108,9 @@ fn sampling_logprobs(logits: &Tensor, sampling: Sampling, suppress: &Tensor) -> 
                 // Remove tokens once the cumulative probability of the more likely ones
                 // exceeds top_p; the most likely token always stays.
                 let (sorted, order) = x.f_sort(-1, true)?;
-                let cum = sorted.f_softmax(-1, Kind::Float)?.f_cumsum(-1, Kind::Float)?;
+                let cum = sorted
+                    .f_softmax(-1, Kind::Float)?
+                    .f_cumsum(-1, Kind::Float)?;
                 let probs_sorted = sorted.f_softmax(-1, Kind::Float)?;
                 let before = cum.f_sub(&probs_sorted)?; // mass strictly before each token
                 let drop_sorted = before.f_gt(top_p)?;
@@ -121,14 +123,20 @@ fn sampling_logprobs(logits: &Tensor, sampling: Sampling, suppress: &Tensor) -> 
 }
 
 /// Picks one token per row from `logprobs [A, V]`; `rngs[i]` belongs to active row i.
-fn pick(logprobs: &Tensor, sampling: Sampling, rngs: &mut [StdRng]) -> Result<(Vec<i64>, Vec<f32>)> {
+fn pick(
+    logprobs: &Tensor,
+    sampling: Sampling,
+    rngs: &mut [StdRng],
+) -> Result<(Vec<i64>, Vec<f32>)> {
     let idx = match sampling {
         Sampling::Greedy => logprobs.f_argmax(-1, true)?,
         Sampling::Sample { .. } => {
             let cdf = logprobs.f_exp()?.f_cumsum(-1, Kind::Float)?; // (A, V)
             let total = cdf.f_narrow(1, cdf.size()[1] - 1, 1)?;
             let u: Vec<f32> = rngs.iter_mut().map(|r| r.random::<f32>()).collect();
-            let u = Tensor::from_slice(&u).view([-1, 1]).to_device(logprobs.device());
+            let u = Tensor::from_slice(&u)
+                .view([-1, 1])
+                .to_device(logprobs.device());
             // First index with cdf > u·total: a token of positive probability.
             let target = u.f_mul(&total)?;
             let i = target.f_searchsorted(&cdf, false, true, "right", None::<&Tensor>)?;
@@ -143,20 +151,41 @@ fn pick(logprobs: &Tensor, sampling: Sampling, rngs: &mut [StdRng]) -> Result<(V
 
 /// Generates continuations of a left-padded batch. The prompt's last column must be a real
 /// token in every row. Runs under no_grad.
-pub fn generate(model: &Qwen3Vl, inputs: &ModelInputs, cfg: &GenerationConfig) -> Result<Vec<GenerationOutput>> {
+pub fn generate(
+    model: &Qwen3Vl,
+    inputs: &ModelInputs,
+    cfg: &GenerationConfig,
+) -> Result<Vec<GenerationOutput>> {
     let _guard = tch::no_grad_guard();
     let (b, s) = inputs.input_ids.size2().map_err(|_| {
-        ModelError::input("input_ids", format!("expected [B, S], got {:?}", inputs.input_ids.size()))
+        ModelError::input(
+            "input_ids",
+            format!("expected [B, S], got {:?}", inputs.input_ids.size()),
+        )
     })?;
-    if let Sampling::Sample { temperature, top_p, top_k } = cfg.sampling {
+    if let Sampling::Sample {
+        temperature,
+        top_p,
+        top_k,
+    } = cfg.sampling
+    {
         if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(ModelError::input("temperature", format!("must be > 0, got {temperature}")));
+            return Err(ModelError::input(
+                "temperature",
+                format!("must be > 0, got {temperature}"),
+            ));
         }
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ModelError::input("top_p", format!("must be in (0, 1], got {top_p}")));
+            return Err(ModelError::input(
+                "top_p",
+                format!("must be in (0, 1], got {top_p}"),
+            ));
         }
         if top_k < 0 {
-            return Err(ModelError::input("top_k", format!("must be >= 0, got {top_k}")));
+            return Err(ModelError::input(
+                "top_k",
+                format!("must be >= 0, got {top_k}"),
+            ));
         }
     }
     let ctx = model.config.text_config.max_position_embeddings;
@@ -174,8 +203,15 @@ pub fn generate(model: &Qwen3Vl, inputs: &ModelInputs, cfg: &GenerationConfig) -
         ));
     }
     let vocab = model.config.text_config.vocab_size;
-    if let Some(bad) = cfg.suppress_token_ids.iter().find(|&&t| t < 0 || t >= vocab) {
-        return Err(ModelError::input("suppress_token_ids", format!("{bad} outside [0, {vocab})")));
+    if let Some(bad) = cfg
+        .suppress_token_ids
+        .iter()
+        .find(|&&t| t < 0 || t >= vocab)
+    {
+        return Err(ModelError::input(
+            "suppress_token_ids",
+            format!("{bad} outside [0, {vocab})"),
+        ));
     }
     let dev = model.device();
     let suppress = Tensor::from_slice(&cfg.suppress_token_ids).to_device(dev);
@@ -204,7 +240,10 @@ pub fn generate(model: &Qwen3Vl, inputs: &ModelInputs, cfg: &GenerationConfig) -
         for (i, &row) in active.iter().enumerate() {
             let o = &mut outputs[row];
             if cfg.stop_token_ids.contains(&ids[i]) {
-                o.stop_reason = StopReason::Stop { token_id: ids[i], logprob: lps[i] };
+                o.stop_reason = StopReason::Stop {
+                    token_id: ids[i],
+                    logprob: lps[i],
+                };
             } else {
                 o.token_ids.push(ids[i]);
                 o.logprobs.push(lps[i]);
@@ -230,7 +269,11 @@ pub fn generate(model: &Qwen3Vl, inputs: &ModelInputs, cfg: &GenerationConfig) -
         let a = active.len() as i64;
         let step_ids = Tensor::from_slice(&next_ids).view([a, 1]).to_device(dev);
         let step_mask = Tensor::ones([a, 1], (Kind::Int64, dev));
-        let out = model.forward_hidden(&ModelInputs::text(step_ids, step_mask), Some(&mut cache), None)?;
+        let out = model.forward_hidden(
+            &ModelInputs::text(step_ids, step_mask),
+            Some(&mut cache),
+            None,
+        )?;
         logits = model.logits(&out.hidden.f_select(1, 0)?)?;
     }
     Ok(outputs)
@@ -246,22 +289,54 @@ mod tests {
         let p = Tensor::from_slice(&[0.5f32, 0.3, 0.15, 0.05]).view([1, 4]);
         let logits = p.log();
         let none = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
-        let s = Sampling::Sample { temperature: 1.0, top_k: 0, top_p: 0.7 };
-        let lp = Vec::<f32>::try_from(sampling_logprobs(&logits, s, &none).unwrap().exp().flatten(0, -1)).unwrap();
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.7,
+        };
+        let lp = Vec::<f32>::try_from(
+            sampling_logprobs(&logits, s, &none)
+                .unwrap()
+                .exp()
+                .flatten(0, -1),
+        )
+        .unwrap();
         // 0.5 < 0.7, 0.8 >= 0.7: keep the first two, renormalised.
         assert!((lp[0] - 0.625).abs() < 1e-6 && (lp[1] - 0.375).abs() < 1e-6 && lp[2] == 0.0);
-        let s = Sampling::Sample { temperature: 1.0, top_k: 3, top_p: 1.0 };
-        let lp = Vec::<f32>::try_from(sampling_logprobs(&logits, s, &none).unwrap().exp().flatten(0, -1)).unwrap();
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+        };
+        let lp = Vec::<f32>::try_from(
+            sampling_logprobs(&logits, s, &none)
+                .unwrap()
+                .exp()
+                .flatten(0, -1),
+        )
+        .unwrap();
         assert!((lp[2] - 0.15 / 0.95).abs() < 1e-6 && lp[3] == 0.0);
         let sup = Tensor::from_slice(&[0i64]);
-        let lp = Vec::<f32>::try_from(sampling_logprobs(&logits, Sampling::Greedy, &sup).unwrap().exp().flatten(0, -1)).unwrap();
+        let lp = Vec::<f32>::try_from(
+            sampling_logprobs(&logits, Sampling::Greedy, &sup)
+                .unwrap()
+                .exp()
+                .flatten(0, -1),
+        )
+        .unwrap();
         assert!(lp[0] == 0.0 && (lp[1] - 0.6).abs() < 1e-6);
     }
 
     #[test]
     fn sampling_frequencies_follow_the_distribution() {
-        let p = Tensor::from_slice(&[0.1f32, 0.0, 0.6, 0.3]).view([1, 4]).log();
-        let s = Sampling::Sample { temperature: 1.0, top_k: 0, top_p: 1.0 };
+        let p = Tensor::from_slice(&[0.1f32, 0.0, 0.6, 0.3])
+            .view([1, 4])
+            .log();
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
         let none = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
         let lp = sampling_logprobs(&p, s, &none).unwrap();
         let mut rngs = vec![row_rng(7, 0)];

@@ -1,17 +1,75 @@
 //! The small shared layers: `Linear`, `RmsNorm`, `LayerNorm`, each a pair of VarStore variables
 //! under an HF-named path, with the dtype rules of transformers (QWEN3_VL.md §6, §10).
 //!
-//! Random init (used by `Qwen3Vl::new_random` and the upcycler) is N(0, 0.02²) for weights,
-//! zeros for biases, ones for norm gains, as HF `_init_weights` does.
+//! Construction creates weight matrices as zeros (cheap, and loading overwrites them); random
+//! init ([`randomize`], used by `Qwen3Vl::new_random` and the upcycler) then draws N(0, 0.02²)
+//! for weights from a private seeded RNG (reproducible under threads, unlike the global torch
+//! generator), keeping zeros for biases and ones for norm gains, as HF `_init_weights` does.
 
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
 /// Std of the normal init of weight matrices (HF `initializer_range`).
 pub const INIT_STD: f64 = 0.02;
 
+/// A weight matrix, created as zeros; [`randomize`] gives it N(0, 0.02²).
 pub(crate) fn normal(p: &Path, name: &str, dims: &[i64]) -> Tensor {
-    p.var(name, dims, Init::Randn { mean: 0.0, stdev: INIT_STD })
+    p.var(name, dims, Init::Const(0.0))
+}
+
+/// Whether a parameter (by checkpoint key) gets the normal init: not a bias, not a norm gain.
+pub fn is_normal_init(name: &str) -> bool {
+    let mut parts = name.rsplit('.');
+    let last = parts.next().unwrap_or("");
+    let parent = parts.next().unwrap_or("");
+    last != "bias" && !parent.contains("norm")
+}
+
+/// `n` samples of N(0, std²) from `rng` (Box-Muller).
+pub fn normal_samples(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = 1.0 - rng.random::<f64>(); // (0, 1]
+        let u2 = rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * a.cos()) as f32);
+        out.push((r * a.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// Overwrites `t` with N(0, std²) samples from `rng`.
+pub fn fill_normal(t: &Tensor, rng: &mut StdRng, std: f64) -> Result<(), tch::TchError> {
+    let _g = tch::no_grad_guard();
+    let v = normal_samples(rng, t.numel(), std);
+    let src = Tensor::from_slice(&v)
+        .f_view(t.size().as_slice())?
+        .f_to_device(t.device())?
+        .f_to_kind(t.kind())?;
+    t.shallow_clone().f_copy_(&src)?;
+    Ok(())
+}
+
+/// Random init of every parameter selected by `select` and [`is_normal_init`], in name order,
+/// from one RNG seeded with `seed`.
+pub fn randomize(
+    params: &BTreeMap<String, Tensor>,
+    seed: u64,
+    select: impl Fn(&str) -> bool,
+) -> Result<(), tch::TchError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (name, t) in params {
+        if is_normal_init(name) && select(name) {
+            fill_normal(t, &mut rng, INIT_STD)?;
+        }
+    }
+    Ok(())
 }
 
 /// `y = x Wᵀ + b`, weight `[out, in]`.
@@ -22,6 +80,7 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Weight `[out, in]` (zeros until loaded or randomised), optional zero bias.
     pub fn new(p: Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
         Linear {
             weight: normal(&p, "weight", &[out_dim, in_dim]),
@@ -79,6 +138,40 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_classes_and_normal_stats() {
+        assert!(is_normal_init(
+            "model.language_model.layers.0.self_attn.q_proj.weight"
+        ));
+        assert!(is_normal_init(
+            "model.language_model.layers.0.mlp.experts.gate_up_proj"
+        ));
+        assert!(!is_normal_init(
+            "model.language_model.layers.0.self_attn.q_norm.weight"
+        ));
+        assert!(!is_normal_init("model.visual.blocks.0.norm1.weight"));
+        assert!(!is_normal_init("model.visual.merger.linear_fc1.bias"));
+        let mut rng = StdRng::seed_from_u64(1);
+        let v = normal_samples(&mut rng, 20001, 0.5);
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(
+            mean.abs() < 0.02 && (var.sqrt() - 0.5).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 }

@@ -149,19 +149,21 @@ impl std::fmt::Debug for Qwen3Vl {
 
 impl Qwen3Vl {
     /// Builds a model from a config with random init (N(0, 0.02²) weights, unit norms, zero
-    /// biases), seeded by `seed` through the global torch generator.
+    /// biases) drawn from a private RNG seeded by `seed` (reproducible under threads).
     pub fn new_random(
         config: &Qwen3VlConfig,
         heads: &Heads,
         device: Device,
         kind: Kind,
-        seed: i64,
+        seed: u64,
     ) -> Result<Self> {
-        tch::manual_seed(seed);
-        Ok(Self::build(config, heads, device, kind))
+        let m = Self::build(config, heads, device, kind);
+        layers::randomize(&m.named_parameters(), seed, |_| true)?;
+        Ok(m)
     }
 
-    fn build(config: &Qwen3VlConfig, heads: &Heads, device: Device, kind: Kind) -> Self {
+    /// Builds the modules with zero weight matrices, unit norm gains and zero biases.
+    pub(crate) fn build(config: &Qwen3VlConfig, heads: &Heads, device: Device, kind: Kind) -> Self {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
@@ -170,7 +172,11 @@ impl Qwen3Vl {
         let language_model = TextModel::new(&model / "language_model", &config.text_config);
         let t = &config.text_config;
         let lm_head = (heads.lm_head && !config.tie_word_embeddings).then(|| {
-            layers::normal(&(&root / "lm_head"), "weight", &[t.vocab_size, t.hidden_size])
+            layers::normal(
+                &(&root / "lm_head"),
+                "weight",
+                &[t.vocab_size, t.hidden_size],
+            )
         });
         let value_head = heads
             .value_head
@@ -213,7 +219,11 @@ impl Qwen3Vl {
         };
         let model = Self::build(&config, &heads, device, kind);
         // Tied checkpoints sometimes still carry lm_head.weight; it is a copy of embed_tokens.
-        let ignore: &[&str] = if config.tie_word_embeddings { &["lm_head.weight"] } else { &[] };
+        let ignore: &[&str] = if config.tie_word_embeddings {
+            &["lm_head.weight"]
+        } else {
+            &[]
+        };
         weights::load_strict(&ckpt, &model.named_parameters(), ignore)?;
         Ok(model)
     }
@@ -241,7 +251,11 @@ impl Qwen3Vl {
 
     /// Total number of parameters.
     pub fn num_parameters(&self) -> i64 {
-        self.vs.variables().values().map(Tensor::numel).sum::<usize>() as i64
+        self.vs
+            .variables()
+            .values()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
     }
 
     /// The VarStore holding every parameter (for optimisers and weight sync).
@@ -281,9 +295,15 @@ impl Qwen3Vl {
     /// LM head over final-normed hidden states `[.., D]` → `[.., V]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         if !self.has_lm_head {
-            return Err(ModelError::input("model", "this checkpoint has no LM head (lm_head.weight)"));
+            return Err(ModelError::input(
+                "model",
+                "this checkpoint has no LM head (lm_head.weight)",
+            ));
         }
-        let w = self.lm_head.as_ref().unwrap_or(&self.language_model.embed_tokens);
+        let w = self
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.language_model.embed_tokens);
         Ok(hidden.f_linear::<Tensor>(w, None)?)
     }
 
@@ -322,15 +342,24 @@ impl Qwen3Vl {
         let dev = self.device();
         let ids = &inputs.input_ids;
         let (b, s) = ids.size2().map_err(|_| {
-            ModelError::input("input_ids", format!("expected [B, S], got {:?}", ids.size()))
+            ModelError::input(
+                "input_ids",
+                format!("expected [B, S], got {:?}", ids.size()),
+            )
         })?;
         if ids.kind() != Kind::Int64 {
-            return Err(ModelError::input("input_ids", format!("expected Int64, got {:?}", ids.kind())));
+            return Err(ModelError::input(
+                "input_ids",
+                format!("expected Int64, got {:?}", ids.kind()),
+            ));
         }
         if inputs.attention_mask.size() != [b, s] {
             return Err(ModelError::input(
                 "attention_mask",
-                format!("shape {:?} differs from input_ids [{b}, {s}]", inputs.attention_mask.size()),
+                format!(
+                    "shape {:?} differs from input_ids [{b}, {s}]",
+                    inputs.attention_mask.size()
+                ),
             ));
         }
         let vocab = cfg.text_config.vocab_size;
@@ -346,7 +375,10 @@ impl Qwen3Vl {
         let prior = cache.as_deref().map_or(0, KvCache::len);
         if let Some(c) = cache.as_deref() {
             if c.num_layers() != self.language_model.layers.len() {
-                return Err(ModelError::input("cache", "built for a model with another layer count"));
+                return Err(ModelError::input(
+                    "cache",
+                    "built for a model with another layer count",
+                ));
             }
             if prior > 0 && c.batch_size() != Some(b) {
                 return Err(ModelError::input(
@@ -356,7 +388,10 @@ impl Qwen3Vl {
             }
         }
         let ids = ids.f_to_device(dev)?;
-        let mask = inputs.attention_mask.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
+        let mask = inputs
+            .attention_mask
+            .f_to_device(dev)?
+            .f_to_kind(Kind::Int64)?;
         let record = |trace: &mut Option<&mut Trace>, name: String, t: &Tensor| {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push((name, t.shallow_clone()));
@@ -369,12 +404,25 @@ impl Qwen3Vl {
         let mut visual: Vec<(Tensor, Vec<Tensor>)> = Vec::new(); // (token mask, deepstack)
         let merge = cfg.vision_config.spatial_merge_size;
         for (px, grid, token, name) in [
-            (&inputs.pixel_values, &inputs.image_grid_thw, cfg.image_token_id, "pixel_values"),
-            (&inputs.pixel_values_videos, &inputs.video_grid_thw, cfg.video_token_id, "pixel_values_videos"),
+            (
+                &inputs.pixel_values,
+                &inputs.image_grid_thw,
+                cfg.image_token_id,
+                "pixel_values",
+            ),
+            (
+                &inputs.pixel_values_videos,
+                &inputs.video_grid_thw,
+                cfg.video_token_id,
+                "pixel_values_videos",
+            ),
         ] {
             let (Some(px), Some(grid)) = (px, grid) else {
                 if px.is_some() != grid.is_some() {
-                    return Err(ModelError::input(name, "pixel values and grid_thw must be given together"));
+                    return Err(ModelError::input(
+                        name,
+                        "pixel values and grid_thw must be given together",
+                    ));
                 }
                 continue;
             };
@@ -392,7 +440,9 @@ impl Qwen3Vl {
             if n_tok != n_feat {
                 return Err(ModelError::input(
                     "input_ids",
-                    format!("{n_tok} tokens of id {token} but {name} yields {n_feat} merged features"),
+                    format!(
+                        "{n_tok} tokens of id {token} but {name} yields {n_feat} merged features"
+                    ),
                 ));
             }
             let m3 = tok_mask.f_unsqueeze(-1)?.f_expand_as(&h)?;
@@ -445,7 +495,9 @@ impl Qwen3Vl {
             match (&visual_rows, deepstack.get(i)) {
                 (Some(rows), Some(ds)) => {
                     let d = x.size()[2];
-                    Ok(x.f_reshape([-1, d])?.f_index_add(0, rows, ds)?.f_view([b, s, d])?)
+                    Ok(x.f_reshape([-1, d])?
+                        .f_index_add(0, rows, ds)?
+                        .f_view([b, s, d])?)
                 }
                 _ => Ok(x),
             }
@@ -480,13 +532,23 @@ fn joint_deepstack(
         [] => Ok((None, Vec::new())),
         [(mask, ds)] => Ok((
             Some(mask.f_flatten(0, -1)?.f_nonzero()?.f_squeeze_dim(-1)?),
-            ds.iter().map(|t| t.f_to_kind(kind)).collect::<std::result::Result<_, _>>()?,
+            ds.iter()
+                .map(|t| t.f_to_kind(kind))
+                .collect::<std::result::Result<_, _>>()?,
         )),
         [(img, ids), (vid, vds)] => {
             let joint = img.f_logical_or(vid)?.f_flatten(0, -1)?;
             let rows = joint.f_nonzero()?.f_squeeze_dim(-1)?;
-            let img_rows = img.f_flatten(0, -1)?.f_index_select(0, &rows)?.f_nonzero()?.f_squeeze_dim(-1)?;
-            let vid_rows = vid.f_flatten(0, -1)?.f_index_select(0, &rows)?.f_nonzero()?.f_squeeze_dim(-1)?;
+            let img_rows = img
+                .f_flatten(0, -1)?
+                .f_index_select(0, &rows)?
+                .f_nonzero()?
+                .f_squeeze_dim(-1)?;
+            let vid_rows = vid
+                .f_flatten(0, -1)?
+                .f_index_select(0, &rows)?
+                .f_nonzero()?
+                .f_squeeze_dim(-1)?;
             let n = rows.size()[0];
             let levels = ids.len().min(vds.len());
             let mut out = Vec::with_capacity(levels);
@@ -507,7 +569,10 @@ fn explicit_positions(p: &Tensor, b: i64, s: i64) -> Result<Tensor> {
     let p = p.f_to_kind(Kind::Int64)?;
     match p.size().as_slice() {
         [3, pb, ps] if (*pb, *ps) == (b, s) => Ok(p),
-        [pb, ps] if (*pb, *ps) == (b, s) => Ok(p.f_unsqueeze(0)?.f_expand([3, b, s], false)?.f_contiguous()?),
+        [pb, ps] if (*pb, *ps) == (b, s) => Ok(p
+            .f_unsqueeze(0)?
+            .f_expand([3, b, s], false)?
+            .f_contiguous()?),
         other => Err(ModelError::input(
             "position_ids",
             format!("expected [3, {b}, {s}] or [{b}, {s}], got {other:?}"),
@@ -520,7 +585,10 @@ fn explicit_positions(p: &Tensor, b: i64, s: i64) -> Result<Tensor> {
 fn decode_positions(mask: &Tensor, next: &[i64]) -> Result<Tensor> {
     let (m, b, s) = rope::host_i64_2d(mask, "attention_mask")?;
     if next.len() != b {
-        return Err(ModelError::input("cache", format!("holds {} rows, inputs have {b}", next.len())));
+        return Err(ModelError::input(
+            "cache",
+            format!("holds {} rows, inputs have {b}", next.len()),
+        ));
     }
     let mut pos = vec![0i64; b * s];
     for r in 0..b {
@@ -538,10 +606,19 @@ fn decode_positions(mask: &Tensor, next: &[i64]) -> Result<Tensor> {
 /// next position if the row had no valid new token).
 fn next_positions(positions: &Tensor, mask: &Tensor, prior: i64, prev: &[i64]) -> Result<Vec<i64>> {
     let (m, b, s) = rope::host_i64_2d(mask, "attention_mask")?;
-    let p = Vec::<i64>::try_from(&positions.f_to_device(Device::Cpu)?.f_amax([0].as_slice(), false)?.f_flatten(0, -1)?)?;
+    let p = Vec::<i64>::try_from(
+        &positions
+            .f_to_device(Device::Cpu)?
+            .f_amax([0].as_slice(), false)?
+            .f_flatten(0, -1)?,
+    )?;
     Ok((0..b)
         .map(|r| {
-            let base = if prior > 0 { prev.get(r).copied().unwrap_or(0) } else { 0 };
+            let base = if prior > 0 {
+                prev.get(r).copied().unwrap_or(0)
+            } else {
+                0
+            };
             (0..s)
                 .filter(|&j| m[r * s + j] != 0)
                 .map(|j| p[r * s + j] + 1)

@@ -58,8 +58,10 @@ impl SparseMoe {
         let (logits, w, idx) = self.route(&y);
         let t = y.size()[0];
         // Dense (T, E) routing weights and hit mask, built by scatter from the top-k slots.
-        let dense_w = Tensor::zeros([t, self.num_experts], (w.kind(), y.device())).scatter(1, &idx, &w);
-        let hit = Tensor::zeros([t, self.num_experts], (Kind::Bool, y.device())).scatter_value(1, &idx, 1);
+        let dense_w =
+            Tensor::zeros([t, self.num_experts], (w.kind(), y.device())).scatter(1, &idx, &w);
+        let hit = Tensor::zeros([t, self.num_experts], (Kind::Bool, y.device()))
+            .scatter_value(1, &idx, 1);
         let mut out = y.zeros_like();
         for e in 0..self.num_experts {
             let rows = hit.select(1, e).nonzero().squeeze_dim(-1); // (n,)
@@ -82,7 +84,11 @@ impl SparseMoe {
 /// (`aux = E · Σ_{k,e} tokens_per_expert[k,e] · router_prob[e]`, PRISM_ALGORITHM.md §2.2), with
 /// tokens weighted by `token_mask [N]` (1 = real token, same row order as the logits: each
 /// layer's `[B*S, E]`). Returns a 0-d fp32 tensor.
-pub fn load_balancing_loss(router_logits: &[Tensor], top_k: i64, token_mask: Option<&Tensor>) -> Tensor {
+pub fn load_balancing_loss(
+    router_logits: &[Tensor],
+    top_k: i64,
+    token_mask: Option<&Tensor>,
+) -> Tensor {
     let all = Tensor::cat(router_logits, 0).to_kind(Kind::Float); // (L*T, E)
     let e = all.size()[1];
     let probs = all.softmax(-1, Kind::Float);
@@ -100,7 +106,8 @@ pub fn load_balancing_loss(router_logits: &[Tensor], top_k: i64, token_mask: Opt
             let denom = m.sum(Kind::Float);
             let tokens_per_expert =
                 (onehot * m.view([-1, 1, 1])).sum_dim_intlist(0, false, Kind::Float) / &denom;
-            let router_prob = (&probs * m.view([-1, 1])).sum_dim_intlist(0, false, Kind::Float) / denom;
+            let router_prob =
+                (&probs * m.view([-1, 1])).sum_dim_intlist(0, false, Kind::Float) / denom;
             (tokens_per_expert * router_prob.unsqueeze(0)).sum(Kind::Float) * e as f64
         }
     }

@@ -24,7 +24,11 @@ pub(crate) fn host_i64_2d(t: &Tensor, field: &str) -> Result<(Vec<i64>, usize, u
     let (r, c) = t
         .size2()
         .map_err(|_| ModelError::input(field, format!("expected 2 dims, got {:?}", t.size())))?;
-    let v = Vec::<i64>::try_from(&t.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+    let v = Vec::<i64>::try_from(
+        &t.f_to_kind(Kind::Int64)?
+            .f_to_device(Device::Cpu)?
+            .f_flatten(0, -1)?,
+    )?;
     Ok((v, r as usize, c as usize))
 }
 
@@ -50,7 +54,10 @@ pub fn get_rope_index(
         let Some(t) = t else { return Ok(Vec::new()) };
         let (g, n, c) = host_i64_2d(t, field)?;
         if c != 3 {
-            return Err(ModelError::input(field, format!("expected [n, 3], got [{n}, {c}]")));
+            return Err(ModelError::input(
+                field,
+                format!("expected [n, 3], got [{n}, {c}]"),
+            ));
         }
         let mut frames = Vec::new();
         for row in g.chunks(3) {
@@ -94,7 +101,10 @@ pub fn get_rope_index(
             let &(gh, gw) = frames.get(*next).ok_or_else(|| {
                 ModelError::input(
                     name,
-                    format!("batch row {row} has more image/video token runs than grids ({})", frames.len()),
+                    format!(
+                        "batch row {row} has more image/video token runs than grids ({})",
+                        frames.len()
+                    ),
                 )
             })?;
             *next += 1;
@@ -184,7 +194,10 @@ impl TextRotary {
         let half = self.inv_freq.size()[0];
         // [3, B, S, 1] * [hd/2] -> [3, B, S, hd/2]
         let angles = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)? * &self.inv_freq;
-        let idx = self.axis.view([1, 1, 1, half]).expand([1, b, s, half], false);
+        let idx = self
+            .axis
+            .view([1, 1, 1, half])
+            .expand([1, b, s, half], false);
         let a = angles.f_gather(0, &idx, false)?.f_squeeze_dim(0)?; // [B, S, hd/2]
         let emb = Tensor::f_cat(&[&a, &a], -1)?; // [B, S, hd]
         Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
@@ -222,10 +235,15 @@ mod tests {
     fn rope_index_example_from_notes() {
         // <|im_start|> user \n <|vision_start|> then a 4x6 patch grid (2x3 tokens), then text.
         let img = 9;
-        let ids = Tensor::from_slice(&[1i64, 2, 3, 4, img, img, img, img, img, img, 5, 6]).view([1, 12]);
+        let ids =
+            Tensor::from_slice(&[1i64, 2, 3, 4, img, img, img, img, img, img, 5, 6]).view([1, 12]);
         let mask = Tensor::ones([1, 12], (Kind::Int64, Device::Cpu));
         let grid = Tensor::from_slice(&[1i64, 4, 6]).view([1, 3]);
-        let tokens = RopeTokens { image_token_id: img, video_token_id: 99, spatial_merge_size: 2 };
+        let tokens = RopeTokens {
+            image_token_id: img,
+            video_token_id: 99,
+            spatial_merge_size: 2,
+        };
         let (p, d) = get_rope_index(&ids, &mask, Some(&grid), None, tokens).unwrap();
         let p = Vec::<i64>::try_from(p.flatten(0, -1)).unwrap();
         assert_eq!(&p[4..10], &[4; 6]);
@@ -237,23 +255,38 @@ mod tests {
 
     #[test]
     fn rope_index_rejects_missing_grid_and_short_run() {
-        let tokens = RopeTokens { image_token_id: 9, video_token_id: 99, spatial_merge_size: 2 };
+        let tokens = RopeTokens {
+            image_token_id: 9,
+            video_token_id: 99,
+            spatial_merge_size: 2,
+        };
         let ids = Tensor::from_slice(&[1i64, 9, 9, 2]).view([1, 4]);
         let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
-        let e = get_rope_index(&ids, &mask, None, None, tokens).unwrap_err().to_string();
+        let e = get_rope_index(&ids, &mask, None, None, tokens)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("image_grid_thw"), "{e}");
         let grid = Tensor::from_slice(&[1i64, 4, 4]).view([1, 3]);
-        let e = get_rope_index(&ids, &mask, Some(&grid), None, tokens).unwrap_err().to_string();
+        let e = get_rope_index(&ids, &mask, Some(&grid), None, tokens)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("shorter"), "{e}");
     }
 
     #[test]
     fn left_padding_gives_same_positions_for_valid_tokens() {
-        let tokens = RopeTokens { image_token_id: 9, video_token_id: 99, spatial_merge_size: 2 };
+        let tokens = RopeTokens {
+            image_token_id: 9,
+            video_token_id: 99,
+            spatial_merge_size: 2,
+        };
         let ids = Tensor::from_slice(&[0i64, 0, 5, 6, 7]).view([1, 5]);
         let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1]).view([1, 5]);
         let (p, d) = get_rope_index(&ids, &mask, None, None, tokens).unwrap();
-        assert_eq!(Vec::<i64>::try_from(p.get(0).flatten(0, -1)).unwrap(), vec![0, 0, 0, 1, 2]);
+        assert_eq!(
+            Vec::<i64>::try_from(p.get(0).flatten(0, -1)).unwrap(),
+            vec![0, 0, 0, 1, 2]
+        );
         assert_eq!(d, vec![0]);
     }
 }

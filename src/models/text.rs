@@ -162,7 +162,11 @@ impl DecoderLayer {
             _ => FeedForward::Dense(Mlp::new(&p / "mlp", cfg.hidden_size, cfg.intermediate_size)),
         };
         DecoderLayer {
-            input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            input_layernorm: RmsNorm::new(
+                &p / "input_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
             self_attn: Attention::new(&p / "self_attn", cfg),
             post_attention_layernorm: RmsNorm::new(
                 &p / "post_attention_layernorm",

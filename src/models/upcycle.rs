@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::{MoeConfig, Qwen3VlConfig};
 use super::error::{ModelError, Result};
 use super::value_head::ValueHeadConfig;
-use super::{Heads, Qwen3Vl};
+use super::{Heads, Qwen3Vl, layers};
 
 /// Settings of an upcycling run.
 #[derive(Debug, Clone)]
@@ -54,13 +54,22 @@ pub fn upcycle_config(dense: &Qwen3VlConfig, opts: &UpcycleOptions) -> Result<Qw
         return Err(bad("model_type", "the input model is already a MoE".into()));
     }
     if opts.num_experts < 1 {
-        return Err(bad("experts", format!("must be >= 1, got {}", opts.num_experts)));
+        return Err(bad(
+            "experts",
+            format!("must be >= 1, got {}", opts.num_experts),
+        ));
     }
     if opts.top_k < 1 || opts.top_k > opts.num_experts {
-        return Err(bad("top_k", format!("must be in 1..={}, got {}", opts.num_experts, opts.top_k)));
+        return Err(bad(
+            "top_k",
+            format!("must be in 1..={}, got {}", opts.num_experts, opts.top_k),
+        ));
     }
     if !(opts.noise_std >= 0.0 && opts.noise_std.is_finite()) {
-        return Err(bad("noise_std", format!("must be >= 0, got {}", opts.noise_std)));
+        return Err(bad(
+            "noise_std",
+            format!("must be >= 0, got {}", opts.noise_std),
+        ));
     }
     let mut cfg = dense.clone();
     cfg.model_type = "qwen3_vl_moe".into();
@@ -91,10 +100,20 @@ pub struct UpcycleReport {
 pub fn upcycle(dense: &Qwen3Vl, opts: &UpcycleOptions) -> Result<(Qwen3Vl, UpcycleReport)> {
     let cfg = upcycle_config(&dense.config, opts)?;
     let kind = dense.language_model.embed_tokens.kind();
-    let heads = Heads { lm_head: true, value_head: Some(opts.value_head.clone()) };
-    // Router and value head: N(0, 0.02²) from the seeded init; biases 0.
-    let moe = Qwen3Vl::new_random(&cfg, &heads, dense.device(), kind, opts.seed as i64)?;
+    let heads = Heads {
+        lm_head: true,
+        value_head: Some(opts.value_head.clone()),
+    };
+    let moe = Qwen3Vl::build(&cfg, &heads, dense.device(), kind);
     let _guard = tch::no_grad_guard();
+    // Router and value head: N(0, 0.02²) from a private RNG seeded by `seed`; biases 0.
+    let vh_prefix = format!("{}.", opts.value_head.name);
+    layers::randomize(&moe.named_parameters(), opts.seed, |n| {
+        n.ends_with("mlp.gate.weight") || n.starts_with(&vh_prefix)
+    })?;
+    // Expert noise: the global torch generator, seeded here (a one-shot, single-threaded tool;
+    // host-side sampling of billions of values would be far slower).
+    tch::manual_seed(opts.seed as i64);
     let src = dense.named_parameters();
     let dst = moe.named_parameters();
     let mut report = UpcycleReport::default();
@@ -103,11 +122,16 @@ pub fn upcycle(dense: &Qwen3Vl, opts: &UpcycleOptions) -> Result<(Qwen3Vl, Upcyc
         if let Some(prefix) = name.strip_suffix("mlp.gate_proj.weight") {
             let get = |n: &str| {
                 src.get(&format!("{prefix}mlp.{n}.weight")).ok_or_else(|| {
-                    ModelError::checkpoint("<dense model>", format!("missing {prefix}mlp.{n}.weight"))
+                    ModelError::checkpoint(
+                        "<dense model>",
+                        format!("missing {prefix}mlp.{n}.weight"),
+                    )
                 })
             };
             let (wg, wu, wd) = (t, get("up_proj")?, get("down_proj")?);
-            let gate_up = Tensor::f_cat(&[wg, wu], 0)?.f_transpose(0, 1)?.f_contiguous()?; // (D, 2I)
+            let gate_up = Tensor::f_cat(&[wg, wu], 0)?
+                .f_transpose(0, 1)?
+                .f_contiguous()?; // (D, 2I)
             let down = wd.f_transpose(0, 1)?.f_contiguous()?; // (I, D)
             let gu = dst[&format!("{prefix}mlp.experts.gate_up_proj")].shallow_clone();
             let dp = dst[&format!("{prefix}mlp.experts.down_proj")].shallow_clone();
@@ -128,9 +152,11 @@ pub fn upcycle(dense: &Qwen3Vl, opts: &UpcycleOptions) -> Result<(Qwen3Vl, Upcyc
                 d.shallow_clone().f_copy_(t)?;
                 report.copied += 1;
             }
-            Some(d) => report
-                .skipped
-                .push(format!("{name}: shape {:?} vs {:?}", t.size(), d.size())),
+            Some(d) => {
+                report
+                    .skipped
+                    .push(format!("{name}: shape {:?} vs {:?}", t.size(), d.size()))
+            }
             None => report.skipped.push(format!("{name}: no MoE counterpart")),
         }
     }
@@ -158,7 +184,12 @@ const SIDE_FILES: &[&str] = &[
 
 /// Loads `dense_dir`, upcycles it and saves the result (+ tokenizer/processor files) to
 /// `out_dir`, on the CPU, in `kind`.
-pub fn upcycle_dir(dense_dir: &Path, out_dir: &Path, kind: Kind, opts: &UpcycleOptions) -> Result<UpcycleReport> {
+pub fn upcycle_dir(
+    dense_dir: &Path,
+    out_dir: &Path,
+    kind: Kind,
+    opts: &UpcycleOptions,
+) -> Result<UpcycleReport> {
     let dense = Qwen3Vl::load(dense_dir, Device::Cpu, kind)?;
     let (moe, report) = upcycle(&dense, opts)?;
     drop(dense);
@@ -210,14 +241,22 @@ pub fn run(args: &UpcycleArgs) -> Result<()> {
         "bf16" | "bfloat16" => Kind::BFloat16,
         "f16" | "fp16" | "float16" => Kind::Half,
         "f32" | "fp32" | "float32" => Kind::Float,
-        other => return Err(ModelError::input("--dtype", format!("expected bf16, f16 or f32, got {other:?}"))),
+        other => {
+            return Err(ModelError::input(
+                "--dtype",
+                format!("expected bf16, f16 or f32, got {other:?}"),
+            ));
+        }
     };
     let opts = UpcycleOptions {
         num_experts: args.experts,
         top_k: args.top_k,
         noise_std: args.noise_std,
         seed: args.seed,
-        value_head: ValueHeadConfig { name: args.value_head_name.clone(), bias: !args.value_head_no_bias },
+        value_head: ValueHeadConfig {
+            name: args.value_head_name.clone(),
+            bias: !args.value_head_no_bias,
+        },
         ..UpcycleOptions::default()
     };
     let report = upcycle_dir(&args.dense, &args.out, kind, &opts)?;

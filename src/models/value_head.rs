@@ -56,23 +56,33 @@ impl ValueHead {
 /// error.
 pub fn last_valid_index(attention_mask: &Tensor) -> Result<Tensor> {
     let (_, s) = attention_mask.size2().map_err(|_| {
-        ModelError::input("attention_mask", format!("expected [B, S], got {:?}", attention_mask.size()))
+        ModelError::input(
+            "attention_mask",
+            format!("expected [B, S], got {:?}", attention_mask.size()),
+        )
     })?;
     let valid = attention_mask.f_ne(0)?;
     let any = valid.f_any_dim(1, false)?;
     if !bool::try_from(any.f_all()?)? {
-        return Err(ModelError::input("attention_mask", "a row has no valid token"));
+        return Err(ModelError::input(
+            "attention_mask",
+            "a row has no valid token",
+        ));
     }
     let ar = Tensor::f_arange(s, (Kind::Int64, attention_mask.device()))?;
     // Position where valid, -1 elsewhere; the max is the last valid index.
-    let pos = ar.f_unsqueeze(0)?.f_where_self(&valid, &Tensor::from(-1i64).to_device(ar.device()))?;
+    let pos = ar
+        .f_unsqueeze(0)?
+        .f_where_self(&valid, &Tensor::from(-1i64).to_device(ar.device()))?;
     Ok(pos.f_amax([1].as_slice(), false)?)
 }
 
 /// `values [B, S]` read at the last valid token of each row → `[B]`.
 pub fn values_at_last_token(values: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
     let idx = last_valid_index(attention_mask)?;
-    Ok(values.f_gather(1, &idx.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?)
+    Ok(values
+        .f_gather(1, &idx.f_unsqueeze(1)?, false)?
+        .f_squeeze_dim(1)?)
 }
 
 #[cfg(test)]
@@ -81,7 +91,7 @@ mod tests {
 
     #[test]
     fn last_token_left_and_right_padding() {
-        let mask = Tensor::from_slice(&[0i64, 1, 1, 1, 1, 0, 0, 0]).view([2, 4]);
+        let mask = Tensor::from_slice(&[0i64, 1, 1, 1, 1, 1, 0, 0]).view([2, 4]);
         let idx = Vec::<i64>::try_from(last_valid_index(&mask).unwrap()).unwrap();
         assert_eq!(idx, vec![3, 1]);
         let vals = Tensor::from_slice(&[0f32, 1., 2., 3., 4., 5., 6., 7.]).view([2, 4]);

@@ -25,7 +25,10 @@ impl Grids {
     pub fn from_tensor(t: &Tensor, field: &str, merge: i64) -> Result<Self> {
         let (v, n, c) = host_i64_2d(t, field)?;
         if c != 3 {
-            return Err(ModelError::input(field, format!("expected [n, 3], got [{n}, {c}]")));
+            return Err(ModelError::input(
+                field,
+                format!("expected [n, 3], got [{n}, {c}]"),
+            ));
         }
         let g: Vec<[i64; 3]> = v.chunks(3).map(|r| [r[0], r[1], r[2]]).collect();
         if let Some(bad) = g
@@ -77,7 +80,11 @@ pub fn pos_embed_interp(grids: &Grids, g: i64, m: i64) -> (Vec<i64>, Vec<f32>) {
         for _ in 0..t {
             for &(r, c) in &coords {
                 let scale = |x: i64, len: i64| -> f32 {
-                    if len == 1 { 0.0 } else { x as f32 * (g - 1) as f32 / (len - 1) as f32 }
+                    if len == 1 {
+                        0.0
+                    } else {
+                        x as f32 * (g - 1) as f32 / (len - 1) as f32
+                    }
                 };
                 let (sr, sc) = (scale(r, h), scale(c, w));
                 let (r0, c0) = (sr.floor() as i64, sc.floor() as i64);
@@ -162,7 +169,11 @@ impl VisionBlock {
         let x = x + self.proj.forward(&o);
         // 4. MLP with tanh-approximate GELU.
         let h = self.linear_fc1.forward(&self.norm2.forward(&x));
-        let h = if self.tanh_gelu { h.gelu("tanh") } else { h.gelu("none") };
+        let h = if self.tanh_gelu {
+            h.gelu("tanh")
+        } else {
+            h.gelu("none")
+        };
         &x + self.linear_fc2.forward(&h)
     }
 }
@@ -181,7 +192,11 @@ pub struct PatchMerger {
 impl PatchMerger {
     fn new(p: Path, cfg: &VisionConfig, postshuffle_norm: bool) -> Self {
         let group = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
-        let norm_dim = if postshuffle_norm { group } else { cfg.hidden_size };
+        let norm_dim = if postshuffle_norm {
+            group
+        } else {
+            cfg.hidden_size
+        };
         PatchMerger {
             norm: LayerNorm::new(&p / "norm", norm_dim, LN_EPS),
             linear_fc1: Linear::new(&p / "linear_fc1", group, group, true),
@@ -238,7 +253,11 @@ impl VisionModel {
                 &[hv, cfg.in_channels, cfg.temporal_patch_size, ps, ps],
             ),
             patch_bias: pe.var("bias", &[hv], tch::nn::Init::Const(0.0)),
-            pos_embed: normal(&(&p / "pos_embed"), "weight", &[cfg.num_position_embeddings, hv]),
+            pos_embed: normal(
+                &(&p / "pos_embed"),
+                "weight",
+                &[cfg.num_position_embeddings, hv],
+            ),
             blocks: (0..cfg.depth)
                 .map(|i| VisionBlock::new(&p / "blocks" / i, cfg))
                 .collect(),
@@ -264,7 +283,10 @@ impl VisionModel {
         if size != [n, cfg.patch_dim()] {
             return Err(ModelError::input(
                 "pixel_values",
-                format!("shape {size:?}, but the grids need [{n}, {}]", cfg.patch_dim()),
+                format!(
+                    "shape {size:?}, but the grids need [{n}, {}]",
+                    cfg.patch_dim()
+                ),
             ));
         }
         let dev = self.pos_embed.device();
@@ -308,7 +330,11 @@ impl VisionModel {
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &cos, &sin, &segments);
             record(&format!("block{i}"), &x);
-            if let Some(j) = cfg.deepstack_visual_indexes.iter().position(|&d| d == i as i64) {
+            if let Some(j) = cfg
+                .deepstack_visual_indexes
+                .iter()
+                .position(|&d| d == i as i64)
+            {
                 let ds = self.deepstack_merger_list[j].forward(&x);
                 record(&format!("deepstack{j}"), &ds);
                 deepstack.push((j, ds));
@@ -332,7 +358,19 @@ mod tests {
     #[test]
     fn merge_block_order() {
         let c = Grids(vec![[1, 2, 4]]).patch_coords(2);
-        assert_eq!(&c[..8], &[(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3)]);
+        assert_eq!(
+            &c[..8],
+            &[
+                (0, 0),
+                (0, 1),
+                (1, 0),
+                (1, 1),
+                (0, 2),
+                (0, 3),
+                (1, 2),
+                (1, 3)
+            ]
+        );
     }
 
     #[test]
@@ -354,7 +392,12 @@ mod tests {
     #[test]
     fn grids_validation() {
         let t = Tensor::from_slice(&[1i64, 3, 4]).view([1, 3]);
-        let e = Grids::from_tensor(&t, "image_grid_thw", 2).unwrap_err().to_string();
-        assert!(e.contains("image_grid_thw") && e.contains("divisible"), "{e}");
+        let e = Grids::from_tensor(&t, "image_grid_thw", 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("image_grid_thw") && e.contains("divisible"),
+            "{e}"
+        );
     }
 }

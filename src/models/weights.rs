@@ -277,9 +277,16 @@ pub fn load_strict(
             missing.push(name.clone());
             continue;
         };
-        let file = m.file.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let file = m
+            .file
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         if !matches!(m.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
-            wrong.push(format!("{name} ({file}): dtype {:?} is not F32/BF16/F16", m.dtype));
+            wrong.push(format!(
+                "{name} ({file}): dtype {:?} is not F32/BF16/F16",
+                m.dtype
+            ));
             continue;
         }
         match layout_for(name, &m.shape, &p.size()) {
@@ -363,7 +370,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
@@ -371,7 +381,11 @@ fn commit_tmp(tmp: &Path, path: &Path) -> Result<()> {
     std::fs::rename(tmp, path).map_err(|e| ModelError::io(path, e))?;
     if let Some(dir) = path.parent() {
         // Make the rename durable; ignore filesystems that refuse to fsync a directory.
-        if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+        if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
             let _ = d.sync_all();
         }
     }
@@ -387,11 +401,21 @@ pub fn save_tensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u
     let mut views: Vec<(String, LazyView)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let dtype = dtype_of(t.kind()).ok_or_else(|| {
-            ModelError::input("tensors", format!("`{name}` has unsupported kind {:?}", t.kind()))
+            ModelError::input(
+                "tensors",
+                format!("`{name}` has unsupported kind {:?}", t.kind()),
+            )
         })?;
         let tensor = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
-        views.push((name.clone(), LazyView { tensor, dtype, shape }));
+        views.push((
+            name.clone(),
+            LazyView {
+                tensor,
+                dtype,
+                shape,
+            },
+        ));
     }
     views.sort_by(|a, b| a.0.cmp(&b.0));
     let total: u64 = views.iter().map(|(_, v)| v.data_len() as u64).sum();
@@ -425,7 +449,9 @@ pub fn save_tensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     write_atomic(
         &dir.join(INDEX_FILE),
-        serde_json::to_string_pretty(&index).expect("index serialises").as_bytes(),
+        serde_json::to_string_pretty(&index)
+            .expect("index serialises")
+            .as_bytes(),
     )?;
     remove_if_exists(&dir.join(SINGLE_FILE))
 }
@@ -464,7 +490,10 @@ mod tests {
         let d = tmpdir();
         let a = Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).view([3, 4]);
         let b = Tensor::ones([5], (Kind::BFloat16, tch::Device::Cpu));
-        let ts = vec![("a.weight".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())];
+        let ts = vec![
+            ("a.weight".to_string(), a.shallow_clone()),
+            ("b".to_string(), b.shallow_clone()),
+        ];
         save_tensors(d.path(), &ts, u64::MAX).unwrap();
         let c = Checkpoint::open(d.path()).unwrap();
         assert_eq!(c.names().collect::<Vec<_>>(), vec!["a.weight", "b"]);
@@ -482,20 +511,44 @@ mod tests {
     fn strict_load_lists_every_problem() {
         let d = tmpdir();
         let ts = vec![
-            ("x".to_string(), Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu))),
-            ("extra".to_string(), Tensor::zeros([1], (Kind::Float, tch::Device::Cpu))),
-            ("ids".to_string(), Tensor::zeros([1], (Kind::Int64, tch::Device::Cpu))),
+            (
+                "x".to_string(),
+                Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "extra".to_string(),
+                Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "ids".to_string(),
+                Tensor::zeros([1], (Kind::Int64, tch::Device::Cpu)),
+            ),
         ];
         save_tensors(d.path(), &ts, u64::MAX).unwrap();
         let c = Checkpoint::open(d.path()).unwrap();
         let mut params = BTreeMap::new();
-        params.insert("x".to_string(), Tensor::zeros([3, 2], (Kind::Float, tch::Device::Cpu)));
-        params.insert("y".to_string(), Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)));
-        params.insert("ids".to_string(), Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)));
+        params.insert(
+            "x".to_string(),
+            Tensor::zeros([3, 2], (Kind::Float, tch::Device::Cpu)),
+        );
+        params.insert(
+            "y".to_string(),
+            Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+        );
+        params.insert(
+            "ids".to_string(),
+            Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+        );
         let err = load_strict(&c, &params, &[]).unwrap_err().to_string();
         assert!(err.contains("missing tensors (1): y"), "{err}");
-        assert!(err.contains("unused tensors (1): extra (model.safetensors)"), "{err}");
-        assert!(err.contains("x (model.safetensors): shape [2, 3], model expects [3, 2]"), "{err}");
+        assert!(
+            err.contains("unused tensors (1): extra (model.safetensors)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("x (model.safetensors): shape [2, 3], model expects [3, 2]"),
+            "{err}"
+        );
         assert!(err.contains("ids (model.safetensors): dtype I64"), "{err}");
     }
 
@@ -517,9 +570,18 @@ mod tests {
         let d = tmpdir();
         let path = d.path().join(SINGLE_FILE);
         std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
-        let err = Checkpoint::open(d.path()).err().expect("corrupt file must fail").to_string();
-        assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
-        let err = Checkpoint::open(&d.path().join("nope")).err().unwrap().to_string();
+        let err = Checkpoint::open(d.path())
+            .err()
+            .expect("corrupt file must fail")
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("not a valid safetensors"),
+            "{err}"
+        );
+        let err = Checkpoint::open(&d.path().join("nope"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("no model.safetensors"), "{err}");
     }
 }

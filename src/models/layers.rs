@@ -72,6 +72,45 @@ pub fn randomize(
     Ok(())
 }
 
+/// How attention scores are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttnImpl {
+    /// `softmax(q kᵀ·scale + mask)` materialised, softmax in fp32 (transformers "eager"; the
+    /// reference numerics).
+    Eager,
+    /// `scaled_dot_product_attention` (flash / memory-efficient kernels on CUDA; no `[S, T]`
+    /// probabilities kept for backward). Matches eager to ~1e-6 in fp32.
+    #[default]
+    Sdpa,
+}
+
+/// Attention over `q [.., H, S, hd]`, `k`, `v [.., H, T, hd]` (same head count) with an optional
+/// additive fp32 mask broadcastable to `[.., H, S, T]` → `[.., H, S, hd]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    imp: AttnImpl,
+) -> Tensor {
+    let hd = *q.size().last().expect("head dim");
+    let scale = (hd as f64).powf(-0.5);
+    match imp {
+        AttnImpl::Eager => {
+            let scores = (q.matmul(&k.transpose(-2, -1)) * scale).to_kind(Kind::Float);
+            let scores = match mask {
+                Some(m) => scores + m,
+                None => scores,
+            };
+            scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(v)
+        }
+        AttnImpl::Sdpa => {
+            let mask = mask.map(|m| m.to_kind(q.kind()));
+            Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, false)
+        }
+    }
+}
+
 /// `y = x Wᵀ + b`, weight `[out, in]`.
 #[derive(Debug)]
 pub struct Linear {

@@ -34,6 +34,7 @@ pub use cache::KvCache;
 pub use config::{MoeConfig, Qwen3VlConfig, TextConfig, VisionConfig};
 pub use error::{ModelError, Result};
 pub use generation::{GenerationConfig, GenerationOutput, Sampling, StopReason};
+pub use layers::AttnImpl;
 pub use value_head::{ValueHeadConfig, values_at_last_token};
 
 use rope::{RopeTokens, get_rope_index};
@@ -279,6 +280,16 @@ impl Qwen3Vl {
     /// Device of the parameters.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Chooses the attention implementation of every text and vision layer (default SDPA).
+    pub fn set_attn_impl(&mut self, imp: layers::AttnImpl) {
+        for l in &mut self.language_model.layers {
+            l.self_attn.attn_impl = imp;
+        }
+        for b in &mut self.visual.blocks {
+            b.attn_impl = imp;
+        }
     }
 
     /// A new empty cache for this model.

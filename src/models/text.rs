@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use super::cache::KvCache;
 use super::config::TextConfig;
 use super::error::Result;
-use super::layers::{Linear, RmsNorm};
+use super::layers::{AttnImpl, Linear, RmsNorm, attention};
 use super::moe::SparseMoe;
 use super::rope::{TextRotary, apply_rotary};
 
@@ -58,6 +58,7 @@ pub struct Attention {
     nq: i64,
     nkv: i64,
     hd: i64,
+    pub(crate) attn_impl: AttnImpl,
 }
 
 impl Attention {
@@ -79,6 +80,7 @@ impl Attention {
             nq,
             nkv,
             hd,
+            attn_impl: AttnImpl::default(),
         }
     }
 
@@ -132,13 +134,8 @@ impl Attention {
         } else {
             (k, v)
         };
-        // 6. Eager attention, softmax in fp32 (HF eager), (B, nq, S, T) -> (B, S, nq*hd).
-        let scores = q.matmul(&k.transpose(-2, -1)) * (self.hd as f64).powf(-0.5);
-        let probs = (scores.to_kind(Kind::Float) + mask)
-            .softmax(-1, Kind::Float)
-            .to_kind(q.kind());
-        let o = probs
-            .matmul(&v)
+        // 6. Attention (B, nq, S, hd) -> (B, S, nq*hd).
+        let o = attention(&q, &k, &v, Some(mask), self.attn_impl)
             .transpose(1, 2)
             .contiguous()
             .view([b, s, self.nq * self.hd]);

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use super::config::VisionConfig;
 use super::error::{ModelError, Result};
-use super::layers::{LayerNorm, Linear, normal};
+use super::layers::{AttnImpl, LayerNorm, Linear, attention, normal};
 use super::rope::{apply_rotary, host_i64_2d, inv_freq};
 
 const LN_EPS: f64 = 1e-6;
@@ -118,6 +118,7 @@ pub struct VisionBlock {
     pub linear_fc2: Linear,
     heads: i64,
     tanh_gelu: bool,
+    pub(crate) attn_impl: AttnImpl,
 }
 
 impl VisionBlock {
@@ -132,6 +133,7 @@ impl VisionBlock {
             linear_fc2: Linear::new(&p / "mlp" / "linear_fc2", cfg.intermediate_size, hv, true),
             heads: cfg.num_heads,
             tanh_gelu: cfg.hidden_act == "gelu_pytorch_tanh",
+            attn_impl: AttnImpl::default(),
         }
     }
 
@@ -152,17 +154,14 @@ impl VisionBlock {
         let k = apply_rotary(&qkv.get(1).to_kind(Kind::Float), &c, &s).to_kind(kind);
         let v = qkv.get(2);
         // 3. Bidirectional attention inside each segment: (nh, L, dv) per segment.
-        let scale = (dv as f64).powf(-0.5);
         let mut outs = Vec::with_capacity(segments.len());
         let mut start = 0;
         for &len in segments {
             let qs = q.narrow(0, start, len).transpose(0, 1);
             let ks = k.narrow(0, start, len).transpose(0, 1);
             let vs = v.narrow(0, start, len).transpose(0, 1);
-            let p = (qs.matmul(&ks.transpose(-2, -1)) * scale)
-                .softmax(-1, Kind::Float)
-                .to_kind(kind);
-            outs.push(p.matmul(&vs).transpose(0, 1)); // (L, nh, dv)
+            let o = attention(&qs, &ks, &vs, None, self.attn_impl);
+            outs.push(o.transpose(0, 1)); // (L, nh, dv)
             start += len;
         }
         let o = Tensor::cat(&outs, 0).reshape([n, hv]);

@@ -512,3 +512,36 @@ fn bf16_load_follows_transformers_bf16() {
         assert!(d < BF16_TOL, "{which}: bf16 max diff {d}");
     }
 }
+
+/// Right padding gives the same positions and logits for the real tokens as left padding
+/// (positions come from get_rope_index over valid tokens only).
+#[test]
+fn right_padding_matches_left_padding_on_valid_tokens() {
+    let r = Reference::open();
+    let _g = tch::no_grad_guard();
+    let m = model("dense");
+    let left = r.inputs("batch_left_pad");
+    // The right-padded case has the same images; its pixel values were not stored.
+    let right = r.inputs("batch_right_pad").with_images(
+        left.pixel_values.as_ref().unwrap().shallow_clone(),
+        r.get("batch_right_pad.image_grid_thw"),
+    );
+    let ll = m.forward(&left, None).unwrap();
+    let rl = m.forward(&right, None).unwrap();
+    let lo = m.forward_hidden(&left, None, None).unwrap().position_ids;
+    let ro = m.forward_hidden(&right, None, None).unwrap().position_ids;
+    for row in 0..2 {
+        let lv = left.attention_mask.get(row).nonzero().squeeze_dim(-1);
+        let rv = right.attention_mask.get(row).nonzero().squeeze_dim(-1);
+        let pick = |t: &Tensor, idx: &Tensor| t.get(row).index_select(0, idx);
+        assert!(
+            pick(&left.input_ids, &lv).equal(&pick(&right.input_ids, &rv)),
+            "same tokens"
+        );
+        let d = max_diff(&pick(&ll, &lv), &pick(&rl, &rv));
+        assert!(d < TOL, "row {row}: {d}");
+        let lp = lo.select(1, row).index_select(1, &lv);
+        let rp = ro.select(1, row).index_select(1, &rv);
+        assert!(lp.equal(&rp), "row {row}: positions differ");
+    }
+}

@@ -545,3 +545,43 @@ fn right_padding_matches_left_padding_on_valid_tokens() {
         assert!(lp.equal(&rp), "row {row}: positions differ");
     }
 }
+
+/// An image followed by a 2-group video (timestamps between the groups): positions, rope
+/// deltas and logits match transformers; exercises video merging and the joint deepstack order.
+/// Reference: tests/fixtures/gen_qwen3_vl_extra.py.
+#[test]
+fn image_and_video_match() {
+    let v = Checkpoint::open(&fixtures().join("../qwen3_vl_extra/reference_video.safetensors"))
+        .unwrap();
+    let get = |n: &str| v.tensor(&format!("image_video.{n}")).unwrap();
+    let _g = tch::no_grad_guard();
+    let mut i = ModelInputs::text(get("input_ids"), get("attention_mask"))
+        .with_images(get("pixel_values"), get("image_grid_thw"));
+    i.pixel_values_videos = Some(get("pixel_values_videos"));
+    i.video_grid_thw = Some(get("video_grid_thw"));
+    let tokens = RopeTokens {
+        image_token_id: 412,
+        video_token_id: 413,
+        spatial_merge_size: 2,
+    };
+    let (pos, deltas) = get_rope_index(
+        &i.input_ids,
+        &i.attention_mask,
+        i.image_grid_thw.as_ref(),
+        i.video_grid_thw.as_ref(),
+        tokens,
+    )
+    .unwrap();
+    assert!(pos.equal(&get("position_ids")), "positions differ");
+    assert_eq!(
+        deltas,
+        Vec::<i64>::try_from(get("rope_deltas").flatten(0, -1)).unwrap()
+    );
+    for which in ["dense", "moe"] {
+        let logits = model(which).forward(&i, None).unwrap();
+        let want = v.tensor(&format!("{which}.image_video.logits")).unwrap();
+        let d = max_diff(&logits, &want);
+        println!("{which}.image_video: max |Δlogits| = {d:.3e}");
+        assert!(d < TOL, "{which}: {d}");
+    }
+}

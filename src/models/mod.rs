@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod config_json;
 pub mod error;
 pub mod generation;
 pub mod layers;

@@ -243,7 +243,15 @@ impl Qwen3Vl {
         let tensors: Vec<(String, Tensor)> =
             tensors.into_iter().map(|(n, t)| (n, t.detach())).collect();
         weights::save_tensors(dir, &tensors, max_shard_bytes)?;
-        self.config.save(dir)
+        // The config's dtype names what was actually written.
+        let mut config = self.config.clone();
+        config.dtype = match self.language_model.embed_tokens.kind() {
+            Kind::BFloat16 => Some("bfloat16".into()),
+            Kind::Half => Some("float16".into()),
+            Kind::Float => Some("float32".into()),
+            _ => config.dtype,
+        };
+        config.save(dir)
     }
 
     /// The parameters by checkpoint key.

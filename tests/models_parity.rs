@@ -129,6 +129,8 @@ fn logits_match_dense_and_moe() {
                 let i = r.inputs(case);
                 let logits = m.forward(&i, None).unwrap();
                 let want = r.get(&format!("{which}.{case}.logits"));
+                let finite = bool::try_from(logits.isfinite().all()).unwrap();
+                assert!(finite, "pad rows must stay finite");
                 let d = max_diff_valid(&logits, &want, &i.attention_mask);
                 println!("{which}.{case} {imp:?}: max |Δlogits| = {d:.3e}");
                 assert!(d < TOL, "{which}.{case} {imp:?}: max |Δlogits| = {d}");
@@ -507,6 +509,12 @@ fn bf16_load_follows_transformers_bf16() {
             )
         };
         assert_eq!(got.kind(), Kind::BFloat16);
+        // Left padding in bf16 with SDPA: fully masked pad rows stay finite (no NaN leaks).
+        m.set_attn_impl(AttnImpl::Sdpa);
+        let pad = r.inputs("batch_left_pad");
+        let out = m.forward_hidden(&pad, None, None).unwrap().hidden;
+        let finite = bool::try_from(out.isfinite().all()).unwrap();
+        assert!(finite, "{which}: non-finite bf16 hidden");
         let d = max_diff(&got.to_kind(Kind::Float), &want);
         println!("{which}: bf16 rust vs bf16 transformers: {d:.3e}");
         assert!(d < BF16_TOL, "{which}: bf16 max diff {d}");

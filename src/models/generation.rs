@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use tch::{Kind, Tensor};
 
 use super::error::{ModelError, Result};
-use super::{ModelInputs, Qwen3Vl};
+use super::{KvCache, ModelInputs, Qwen3Vl};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,7 +229,7 @@ pub fn generate(
     if max_new == 0 {
         return Ok(outputs);
     }
-    let mut cache = model.new_cache();
+    let mut cache = KvCache::with_capacity(model.language_model.layers.len(), s + max_new as i64);
     let out = model.forward_hidden(inputs, Some(&mut cache), None)?;
     let mut logits = model.logits(&out.hidden.f_select(1, s - 1)?)?; // (A, V)
     for step in 0..max_new {

@@ -9,7 +9,7 @@
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use super::cache::KvCache;
+use super::cache::{KvCache, LayerCache};
 use super::config::TextConfig;
 use super::error::Result;
 use super::layers::{AttnImpl, Linear, RmsNorm, attention};
@@ -92,7 +92,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
+        cache: Option<(&mut LayerCache, i64)>,
     ) -> Tensor {
         let (b, s, _) = x.size3().expect("[B, S, D] hidden");
         // 1. Projections, per-head views: (B, S, H, hd).
@@ -109,19 +109,7 @@ impl Attention {
         let k = apply_rotary(&k, &cos, &sin);
         // 4. Append to the cache: keys/values (B, nkv, T, hd).
         let (k, v) = match cache {
-            Some(entry) => {
-                let k = match &entry.0 {
-                    Some(prev) => Tensor::cat(&[prev, &k], 2),
-                    None => k,
-                };
-                let v = match &entry.1 {
-                    Some(prev) => Tensor::cat(&[prev, &v], 2),
-                    None => v,
-                };
-                entry.0 = Some(k.shallow_clone());
-                entry.1 = Some(v.shallow_clone());
-                (k, v)
-            }
+            Some((entry, hint)) => entry.append(&k, &v, hint),
             None => (k, v),
         };
         // 5. GQA: repeat each kv head nq/nkv times -> (B, nq, T, hd).
@@ -181,7 +169,7 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
+        cache: Option<(&mut LayerCache, i64)>,
     ) -> (Tensor, Option<Tensor>) {
         let h = x + self
             .self_attn
@@ -273,7 +261,10 @@ impl TextModel {
         let mut h = x;
         let mut router_logits = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let entry = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            let entry = cache.as_deref_mut().map(|c| {
+                let hint = c.capacity_hint();
+                (c.layer_mut(i), hint)
+            });
             let (out, logits) = layer.forward(&h, &cos, &sin, &mask, entry);
             if let Some(t) = trace.as_deref_mut() {
                 t.push((format!("layer{i}"), out.shallow_clone()));

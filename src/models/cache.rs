@@ -160,16 +160,16 @@ mod tests {
     fn append_grows_and_matches_concatenation() {
         let mut l = LayerCache::default();
         let (a, b, c) = (kv(2, 3, 0.0), kv(2, 1, 100.0), kv(2, 4, 200.0));
-        l.append(&a, &a, 0);
-        l.append(&b, &b, 0); // grows 3 -> 6
-        let (k, v) = l.append(&c, &c, 0); // grows 6 -> 12? needs 8 -> max(8, 12)
+        let _ = l.append(&a, &a, 0); // capacity 3
+        let _ = l.append(&b, &b, 0); // needs 4: doubles to 6
+        let (k, v) = l.append(&c, &c, 0); // needs 8: doubles to 12
         let want = Tensor::cat(&[&a, &b, &c], 2);
         assert!(k.equal(&want) && v.equal(&want));
         assert_eq!(l.k.as_ref().unwrap().size()[2], 12);
         // With gradients the history is concatenated (autograd-safe).
         let mut g = LayerCache::default();
         let x = kv(1, 2, 0.0).set_requires_grad(true);
-        g.append(&x, &x, 16);
+        let _ = g.append(&x, &x, 16);
         let (k, _) = g.append(&x, &x, 16);
         k.sum(Kind::Float).backward();
         assert_eq!(

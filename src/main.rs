@@ -28,6 +28,8 @@ enum Command {
     Data(prism::data::cli::DataCommand),
     /// Score a JSONL file of responses with the verifiable reward (0.8·acc + 0.2·format).
     Score(prism::reward::cli::ScoreArgs),
+    /// Upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a value head (PRISM discriminator).
+    Upcycle(prism::models::upcycle::UpcycleArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Score(args) => {
             prism::reward::cli::run(&args)?;
         }
+        Command::Upcycle(args) => prism::models::upcycle::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

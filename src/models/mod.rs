@@ -16,6 +16,7 @@ pub mod chat_template;
 pub mod config;
 pub mod config_json;
 pub mod error;
+pub mod generate_cli;
 pub mod generation;
 pub mod image_processor;
 pub mod layers;

@@ -22,14 +22,14 @@ use super::{ModelError, ModelInputs, Qwen3Vl};
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// The model directory lacks a file or holds a bad one.
-    #[error("model {dir}: {source}")]
+    #[error("model {dir}")]
     Model {
         dir: PathBuf,
         #[source]
         source: ModelError,
     },
     /// Tokenizer, chat template or image processor files of the model directory.
-    #[error("model {dir}: {source}")]
+    #[error("model {dir}")]
     ProcessorFiles {
         dir: PathBuf,
         #[source]
@@ -39,13 +39,13 @@ pub enum GenerateError {
     #[error("image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
     /// The prompt cannot be turned into model inputs (too long, image count, template).
-    #[error("prompt: {0}")]
+    #[error("invalid prompt")]
     Prompt(#[source] ProcessorError),
     /// Generation itself failed.
-    #[error("generation: {0}")]
+    #[error("generation failed")]
     Generation(#[source] ModelError),
     /// Decoding generated ids to text failed.
-    #[error("decoding the output: {0}")]
+    #[error("decoding the output")]
     Decode(#[source] TokenizerError),
     /// A bad command-line value.
     #[error("--{flag}: {reason}")]

@@ -53,7 +53,7 @@ pub enum EvalError {
         reason: String,
     },
     /// A batch of prompts that cannot be encoded (too long, placeholder count, template).
-    #[error("{file}: rows {first}..{end}: {source}")]
+    #[error("{file}: prompts of rows {first}..{end}")]
     Prompt {
         file: PathBuf,
         first: usize,
@@ -61,13 +61,13 @@ pub enum EvalError {
         #[source]
         source: ProcessorError,
     },
-    #[error("generation: {0}")]
+    #[error("generation failed")]
     Generation(#[from] ModelError),
     #[error("invalid evaluation options: {0}")]
     Options(String),
     #[error("{file}: no records to evaluate")]
     Empty { file: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         path: PathBuf,
         #[source]

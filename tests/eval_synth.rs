@@ -147,7 +147,11 @@ fn injected_public_mistakes_give_their_labels_and_rates() {
     let mut responses = Vec::new();
     let mut labels = Vec::new();
     for (item, r) in train.iter().zip(&records) {
-        assert_eq!(Some(&item.id), r.id.as_ref(), "parquet rows follow item order");
+        assert_eq!(
+            Some(&item.id),
+            r.id.as_ref(),
+            "parquet rows follow item order"
+        );
         let demo = public_demo_for(item, f.cfg.seed, NOISE).unwrap();
         responses.push(demo.response());
         labels.push(demo.label);
@@ -292,8 +296,7 @@ fn cli_writes_table_json_and_responses() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("perception-error rate"), "{stdout}");
     let last: EvalReport = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    let file: EvalReport =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let file: EvalReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(last, file);
     check_consistent(&file, 3, 6);
     let lines: Vec<ItemResult> = std::fs::read_to_string(&responses)

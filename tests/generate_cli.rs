@@ -127,11 +127,18 @@ fn greedy_tokens_and_logprobs_match_transformers_generate() {
     .unwrap();
 
     let mut args = base_args(&image, &prompt, system.as_deref());
-    args.extend(["--max-new-tokens".into(), steps.to_string(), "--json".into()]);
+    args.extend([
+        "--max-new-tokens".into(),
+        steps.to_string(),
+        "--json".into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let v = json_of(&prism(&args));
     let ids = ids_of(&v);
-    assert_eq!(ids, want, "greedy tokens differ from transformers generate()");
+    assert_eq!(
+        ids, want,
+        "greedy tokens differ from transformers generate()"
+    );
     let lps = logprobs_of(&v);
     assert_eq!(lps.len(), ids.len());
     for (i, (got, want)) in lps.iter().zip(&want_lp).enumerate() {
@@ -250,7 +257,12 @@ fn bad_inputs_give_clear_errors() {
 
     // Bad sampling flags.
     let mut args = base_args(&image, &prompt, None);
-    args.extend(["--top-p".into(), "0".into(), "--temperature".into(), "1".into()]);
+    args.extend([
+        "--top-p".into(),
+        "0".into(),
+        "--temperature".into(),
+        "1".into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let e = stderr(prism(&args));
     assert!(e.contains("--top-p"), "{e}");

@@ -29,8 +29,8 @@ use crate::data::synth::{ErrorLabel, SYSTEM_INSTRUCTION};
 use crate::data::{DataError, ReadOptions};
 use crate::models::chat_template::{ChatMessage, split_vision_placeholders};
 use crate::models::generate_cli::{
-    GenerateError, decode_image, decode_output, generation_config, load_model_dir,
-    max_prompt_len, model_inputs,
+    GenerateError, decode_image, decode_output, generation_config, load_model_dir, max_prompt_len,
+    model_inputs,
 };
 use crate::models::generation::{GenerationOutput, Sampling, StopReason, generate};
 use crate::models::processor::{PaddingSide, Processor, ProcessorError};
@@ -76,7 +76,9 @@ pub enum EvalError {
 }
 
 fn id_suffix(id: &Option<String>) -> String {
-    id.as_ref().map(|i| format!(" (id {i})")).unwrap_or_default()
+    id.as_ref()
+        .map(|i| format!(" (id {i})"))
+        .unwrap_or_default()
 }
 
 /// How to evaluate.
@@ -247,7 +249,11 @@ pub fn score_response(
 }
 
 fn mean(xs: impl Iterator<Item = f64>, n: usize) -> f64 {
-    if n == 0 { 0.0 } else { xs.sum::<f64>() / n as f64 }
+    if n == 0 {
+        0.0
+    } else {
+        xs.sum::<f64>() / n as f64
+    }
 }
 
 fn share(items: &[ItemResult], f: impl Fn(&ItemResult) -> bool) -> f64 {
@@ -264,11 +270,7 @@ pub fn aggregate(items: &[ItemResult]) -> EvalReport {
     let nc = classified.len();
     let rate = |label: ErrorLabel| {
         (nc > 0).then(|| {
-            classified
-                .iter()
-                .filter(|i| i.error == Some(label))
-                .count() as f64
-                / nc as f64
+            classified.iter().filter(|i| i.error == Some(label)).count() as f64 / nc as f64
         })
     };
     EvalReport {
@@ -291,8 +293,14 @@ pub fn render_table(report: &EvalReport) -> String {
     let rows: [(&str, String); 10] = [
         ("items", report.n.to_string()),
         ("accuracy", format!("{:.4}", report.accuracy)),
-        ("accuracy (ungated)", format!("{:.4}", report.accuracy_ungated)),
-        ("format-valid rate", format!("{:.4}", report.format_valid_rate)),
+        (
+            "accuracy (ungated)",
+            format!("{:.4}", report.accuracy_ungated),
+        ),
+        (
+            "format-valid rate",
+            format!("{:.4}", report.format_valid_rate),
+        ),
         ("mean reward", format!("{:.4}", report.mean_reward)),
         ("classified items", report.n_classified.to_string()),
         ("perception-error rate", opt(report.perception_error_rate)),

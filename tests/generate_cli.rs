@@ -267,3 +267,78 @@ fn bad_inputs_give_clear_errors() {
     let e = stderr(prism(&args));
     assert!(e.contains("--top-p"), "{e}");
 }
+
+/// More prompts through the binary against tests/fixtures/generate/reference.json (written by
+/// tests/fixtures/gen_generate_cli.py): a system turn with two images (one RGBA), text only, a
+/// tall image with a longer generation, and a prompt whose greedy continuation hits a stop token
+/// of generation_config.json (which must end generation and be left out of `token_ids`).
+#[test]
+fn cases_with_system_several_images_and_stop_tokens_match_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generate");
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let processor = Processor::from_dir(model_dir()).unwrap();
+    let cases = reference["cases"].as_object().unwrap();
+    assert!(cases.values().any(|c| c["stopped"].as_bool().unwrap()));
+    for (name, case) in cases {
+        let system = case["system"].as_str();
+        let prompt = case["prompt"].as_str().unwrap();
+        let images: Vec<PathBuf> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| fixtures().join("images").join(p.as_str().unwrap()))
+            .collect();
+        let max_new = case["max_new_tokens"].as_u64().unwrap();
+        // The conversation prism builds renders to the same prompt text.
+        let messages = prism::models::generate_cli::single_turn(system, images.len(), prompt);
+        assert_eq!(
+            processor.apply_chat_template(&messages, true).unwrap(),
+            case["rendered_prompt"].as_str().unwrap(),
+            "{name}"
+        );
+        let mut args = vec![
+            "generate".to_string(),
+            "--model".into(),
+            model_dir().display().to_string(),
+            "--prompt".into(),
+            prompt.to_string(),
+            "--max-new-tokens".into(),
+            max_new.to_string(),
+            "--json".into(),
+        ];
+        for im in &images {
+            args.extend(["--image".to_string(), im.display().to_string()]);
+        }
+        if let Some(s) = system {
+            args.extend(["--system".to_string(), s.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = json_of(&prism(&args));
+        let want: Vec<i64> = case["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(ids_of(&v), want, "{name}: tokens");
+        let want_lp: Vec<f64> = case["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let lps = logprobs_of(&v);
+        assert_eq!(lps.len(), want_lp.len(), "{name}");
+        for (i, (g, w)) in lps.iter().zip(&want_lp).enumerate() {
+            assert!(
+                *g <= 0.0 && (g - w).abs() < 1e-4,
+                "{name} step {i}: {g} vs {w}"
+            );
+        }
+        assert_eq!(v["text"], case["text"], "{name}: text");
+        if case["stopped"].as_bool().unwrap() {
+            assert!((want.len() as u64) < max_new, "{name}");
+        }
+    }
+}

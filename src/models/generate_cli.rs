@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::chat_template::{ChatMessage, ContentPart};
 use super::generation::{GenerationConfig, GenerationOutput, Sampling, generate};
+use super::image_processor::ImageError;
 use super::processor::{BatchEncoding, PaddingSide, Processor, ProcessorError};
 use super::tokenizer::TokenizerError;
 use super::{ModelError, ModelInputs, Qwen3Vl};
@@ -36,8 +37,12 @@ pub enum GenerateError {
         source: ProcessorError,
     },
     /// An image file that cannot be read or decoded.
-    #[error("image {path}: {reason}")]
-    Image { path: PathBuf, reason: String },
+    #[error("image {path}")]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: ImageError,
+    },
     /// The prompt cannot be turned into model inputs (too long, image count, template).
     #[error("invalid prompt")]
     Prompt(#[source] ProcessorError),
@@ -169,15 +174,18 @@ pub fn max_prompt_len(model: &Qwen3Vl) -> usize {
     (model.config.text_config.max_position_embeddings.max(1) - 1) as usize
 }
 
-/// Decodes one generation output.
+/// Decodes one generation output, special tokens skipped. Ids past the tokenizer's vocabulary
+/// (checkpoints pad the embedding matrix, and a model may pick a padding row) have no text and
+/// are skipped, as transformers' decode does; they stay in `token_ids`.
 pub fn decode_output(
     processor: &Processor,
     out: GenerationOutput,
 ) -> Result<GenerateResult, GenerateError> {
+    let vocab = processor.tokenizer.vocab_size();
     let ids: Vec<u32> = out
         .token_ids
         .iter()
-        .map(|&t| u32::try_from(t).unwrap_or(u32::MAX))
+        .filter_map(|&t| u32::try_from(t).ok().filter(|&t| (t as usize) < vocab))
         .collect();
     let text = processor
         .tokenizer
@@ -207,42 +215,46 @@ pub fn single_turn(system: Option<&str>, num_images: usize, prompt: &str) -> Vec
     messages
 }
 
-/// Reads and decodes an image file to RGB (alpha dropped).
-pub fn load_image(path: &Path) -> Result<RgbImage, GenerateError> {
-    let bytes = std::fs::read(path).map_err(|e| GenerateError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    decode_image(&bytes).map_err(|reason| GenerateError::Image {
-        path: path.to_path_buf(),
-        reason,
+/// Loads the processor files of `dir`.
+pub fn load_processor(dir: &Path) -> Result<Processor, GenerateError> {
+    Processor::from_dir(dir).map_err(|source| GenerateError::ProcessorFiles {
+        dir: dir.to_path_buf(),
+        source,
     })
 }
 
-/// Decodes encoded image bytes (PNG or JPEG) to RGB.
-pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
-    image::load_from_memory(bytes)
-        .map(|img| img.to_rgb8())
-        .map_err(|e| format!("cannot decode as an image: {e}"))
-}
-
-/// Loads the model and processor of `dir` (CPU fp32, or CUDA bf16 when a GPU is visible).
-pub fn load_model_dir(dir: &Path) -> Result<(Qwen3Vl, Processor), GenerateError> {
-    let processor = Processor::from_dir(dir).map_err(|source| GenerateError::ProcessorFiles {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+/// Loads the weights of `dir` (CPU fp32, or CUDA bf16 when a GPU is visible).
+pub fn load_model(dir: &Path) -> Result<Qwen3Vl, GenerateError> {
     let device = Device::cuda_if_available();
     let kind = if device.is_cuda() {
         Kind::BFloat16
     } else {
         Kind::Float
     };
-    let model = Qwen3Vl::load(dir, device, kind).map_err(|source| GenerateError::Model {
+    Qwen3Vl::load(dir, device, kind).map_err(|source| GenerateError::Model {
         dir: dir.to_path_buf(),
         source,
-    })?;
-    Ok((model, processor))
+    })
+}
+
+/// Reads and decodes image files with the processor's decoder (RGB conversion as transformers:
+/// alpha composited onto white).
+pub fn load_images(
+    processor: &Processor,
+    paths: &[PathBuf],
+) -> Result<Vec<RgbImage>, GenerateError> {
+    paths
+        .iter()
+        .map(|p| {
+            processor
+                .image_processor
+                .load(p)
+                .map_err(|source| GenerateError::Image {
+                    path: p.clone(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// Generates the reply to one user turn (`images` then `prompt`, after an optional system turn).
@@ -280,12 +292,9 @@ pub fn generate_reply(
 /// Runs `prism generate`: prints the text, or the JSON object with `--json`.
 pub fn run(args: &GenerateArgs) -> Result<GenerateResult, GenerateError> {
     let sampling = sampling_from_flags(args.temperature, args.top_p)?;
-    let images = args
-        .images
-        .iter()
-        .map(|p| load_image(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (model, processor) = load_model_dir(&args.model)?;
+    let processor = load_processor(&args.model)?;
+    let images = load_images(&processor, &args.images)?;
+    let model = load_model(&args.model)?;
     let cfg = generation_config(&processor, sampling, args.max_new_tokens, args.seed);
     let result = generate_reply(
         &model,
@@ -336,10 +345,5 @@ mod tests {
         let m = single_turn(None, 0, "hi");
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].num_images(), 0);
-    }
-
-    #[test]
-    fn undecodable_bytes_are_an_error() {
-        assert!(decode_image(b"not an image").is_err());
     }
 }

@@ -29,7 +29,7 @@ use crate::data::synth::{ErrorLabel, SYSTEM_INSTRUCTION};
 use crate::data::{DataError, ReadOptions};
 use crate::models::chat_template::{ChatMessage, split_vision_placeholders};
 use crate::models::generate_cli::{
-    GenerateError, decode_image, decode_output, generation_config, load_model_dir, max_prompt_len,
+    GenerateError, decode_output, generation_config, load_model, load_processor, max_prompt_len,
     model_inputs,
 };
 use crate::models::generation::{GenerationOutput, Sampling, StopReason, generate};
@@ -192,8 +192,9 @@ pub fn build_messages(record: &RlRecord) -> Vec<ChatMessage> {
     ]
 }
 
-/// Decodes the images of `record` (row `row` of `parquet_path`).
+/// Decodes the images of `record` (row `row` of `parquet_path`) with the processor's decoder.
 pub fn load_record_images(
+    processor: &Processor,
     record: &RlRecord,
     row: usize,
     parquet_path: &Path,
@@ -202,7 +203,12 @@ pub fn load_record_images(
         .map(|i| {
             record
                 .image_bytes(i, parquet_path)
-                .and_then(|b| decode_image(&b).map_err(|e| format!("image {i}: {e}")))
+                .and_then(|b| {
+                    processor
+                        .image_processor
+                        .decode(&b, &format!("image {i}"))
+                        .map_err(|e| e.to_string())
+                })
                 .map_err(|reason| EvalError::Image {
                     file: parquet_path.to_path_buf(),
                     row,
@@ -337,7 +343,7 @@ pub fn generate_responses(
         let images = chunk
             .iter()
             .enumerate()
-            .map(|(j, r)| load_record_images(r, first + j, parquet_path))
+            .map(|(j, r)| load_record_images(processor, r, first + j, parquet_path))
             .collect::<Result<Vec<_>, _>>()?;
         let enc = processor
             .batch_chats(
@@ -457,7 +463,8 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, EvalError> {
     };
     opts.validate()?;
     let records = rl_parquet::read(&args.data, ReadOptions::default())?.records;
-    let (model, processor) = load_model_dir(&args.model)?;
+    let processor = load_processor(&args.model)?;
+    let model = load_model(&args.model)?;
     if model.device() != Device::Cpu {
         tracing::info!("eval on {:?}", model.device());
     }

@@ -322,3 +322,59 @@ fn cli_writes_table_json_and_responses() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("missing.parquet"), "{err}");
 }
+
+#[test]
+fn greedy_responses_do_not_depend_on_the_batch_size() {
+    // Left padding must not change a row's greedy continuation.
+    let f = fixture();
+    let records = read(&f.eval_parquet());
+    let model = Qwen3Vl::load(&f.model, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::from_dir(&f.model).unwrap();
+    let run = |batch_size| {
+        let opts = EvalOptions {
+            batch_size,
+            limit: Some(4),
+            max_new_tokens: 6,
+            ..EvalOptions::default()
+        };
+        evaluate(&model, &processor, &records, &f.eval_parquet(), &opts)
+            .unwrap()
+            .items
+    };
+    let one = run(1);
+    let four = run(4);
+    for (a, b) in one.iter().zip(&four) {
+        assert_eq!(a.response, b.response, "row {}", a.row);
+        assert_eq!(a.response_tokens, b.response_tokens);
+    }
+}
+
+#[test]
+fn a_bad_image_names_the_file_row_and_id() {
+    let f = fixture();
+    let mut records = read(&f.eval_parquet());
+    records[1].images[0].bytes = Some(b"not an image".to_vec());
+    records[1].images[0].path = None;
+    let model = Qwen3Vl::load(&f.model, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::from_dir(&f.model).unwrap();
+    let opts = EvalOptions {
+        batch_size: 1,
+        max_new_tokens: 1,
+        ..EvalOptions::default()
+    };
+    let e = evaluate(&model, &processor, &records, &f.eval_parquet(), &opts)
+        .unwrap_err()
+        .to_string();
+    let id = records[1].id.clone().unwrap();
+    assert!(
+        e.contains("rl_eval.parquet") && e.contains("row 1") && e.contains(&id),
+        "{e}"
+    );
+    // Bad options are refused before any work.
+    let opts = EvalOptions {
+        batch_size: 0,
+        ..EvalOptions::default()
+    };
+    let e = evaluate(&model, &processor, &records, &f.eval_parquet(), &opts).unwrap_err();
+    assert!(e.to_string().contains("batch_size"), "{e}");
+}

@@ -135,6 +135,15 @@ fn teacher_demonstrations_score_perfectly() {
         assert_eq!(report.mean_reward, 1.0);
         assert_eq!(report.perception_error_rate, Some(0.0), "{items:#?}");
         assert_eq!(report.reasoning_error_rate, Some(0.0));
+        assert!(!report.by_difficulty.is_empty());
+        assert_eq!(
+            report.by_difficulty.values().map(|g| g.n).sum::<usize>(),
+            report.n
+        );
+        for g in report.by_difficulty.values() {
+            assert_eq!((g.accuracy, g.format_valid_rate), (1.0, 1.0));
+            assert_eq!(g.perception_error_rate, Some(0.0));
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! Rates are over all `n` items, except the two error rates, which are over the `n_classified`
 //! items with a scene (`None`, shown as "n/a", when there are none).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -146,6 +147,9 @@ pub struct ItemResult {
     pub reward: f64,
     /// Error label; `None` when the row has no synthetic scene.
     pub error: Option<ErrorLabel>,
+    /// The record's difficulty level (synthetic rows), for the per-level breakdown.
+    #[serde(default)]
+    pub difficulty: Option<i32>,
     /// Why the caption was judged wrong (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -174,6 +178,50 @@ pub struct EvalReport {
     pub mean_response_tokens: f64,
     /// Share of responses cut by `max_new_tokens`.
     pub truncated_rate: f64,
+    /// The main metrics per difficulty level, for items that carry one.
+    #[serde(default)]
+    pub by_difficulty: BTreeMap<i32, GroupMetrics>,
+}
+
+/// The main metrics of a subset of items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMetrics {
+    pub n: usize,
+    pub accuracy: f64,
+    pub format_valid_rate: f64,
+    /// Over the subset's classified items; `None` when it has none.
+    pub perception_error_rate: Option<f64>,
+    pub reasoning_error_rate: Option<f64>,
+}
+
+/// Share of classified items (error label known) with `label`; `None` when none is classified.
+fn error_rate<'a>(items: impl Iterator<Item = &'a ItemResult>, label: ErrorLabel) -> Option<f64> {
+    let (mut hits, mut classified) = (0usize, 0usize);
+    for e in items.filter_map(|i| i.error) {
+        classified += 1;
+        hits += usize::from(e == label);
+    }
+    (classified > 0).then(|| hits as f64 / classified as f64)
+}
+
+fn group_metrics(items: &[&ItemResult]) -> GroupMetrics {
+    let n = items.len();
+    let count = |f: fn(&ItemResult) -> bool| items.iter().filter(|i| f(i)).count() as f64;
+    GroupMetrics {
+        n,
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            count(|i| i.correct) / n as f64
+        },
+        format_valid_rate: if n == 0 {
+            0.0
+        } else {
+            count(|i| i.format_valid) / n as f64
+        },
+        perception_error_rate: error_rate(items.iter().copied(), ErrorLabel::Perception),
+        reasoning_error_rate: error_rate(items.iter().copied(), ErrorLabel::Reasoning),
+    }
 }
 
 /// The report and the per-item results.
@@ -250,6 +298,7 @@ pub fn score_response(
         correct_ungated,
         reward: reward.score,
         error,
+        difficulty: record.difficulty,
         problems,
     }
 }
@@ -274,11 +323,12 @@ pub fn aggregate(items: &[ItemResult]) -> EvalReport {
     let n = items.len();
     let classified: Vec<&ItemResult> = items.iter().filter(|i| i.error.is_some()).collect();
     let nc = classified.len();
-    let rate = |label: ErrorLabel| {
-        (nc > 0).then(|| {
-            classified.iter().filter(|i| i.error == Some(label)).count() as f64 / nc as f64
-        })
-    };
+    let mut levels: BTreeMap<i32, Vec<&ItemResult>> = BTreeMap::new();
+    for i in items {
+        if let Some(d) = i.difficulty {
+            levels.entry(d).or_default().push(i);
+        }
+    }
     EvalReport {
         n,
         accuracy: share(items, |i| i.correct),
@@ -286,42 +336,110 @@ pub fn aggregate(items: &[ItemResult]) -> EvalReport {
         format_valid_rate: share(items, |i| i.format_valid),
         mean_reward: mean(items.iter().map(|i| i.reward), n),
         n_classified: nc,
-        perception_error_rate: rate(ErrorLabel::Perception),
-        reasoning_error_rate: rate(ErrorLabel::Reasoning),
+        perception_error_rate: error_rate(items.iter(), ErrorLabel::Perception),
+        reasoning_error_rate: error_rate(items.iter(), ErrorLabel::Reasoning),
         mean_response_tokens: mean(items.iter().map(|i| i.response_tokens as f64), n),
         truncated_rate: share(items, |i| i.truncated),
+        by_difficulty: levels
+            .iter()
+            .map(|(&d, group)| (d, group_metrics(group)))
+            .collect(),
     }
 }
 
-/// A fixed-width two-column table of the report.
-pub fn render_table(report: &EvalReport) -> String {
-    let opt = |r: Option<f64>| r.map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}"));
-    let rows: [(&str, String); 10] = [
-        ("items", report.n.to_string()),
-        ("accuracy", format!("{:.4}", report.accuracy)),
-        (
-            "accuracy (ungated)",
-            format!("{:.4}", report.accuracy_ungated),
-        ),
-        (
-            "format-valid rate",
-            format!("{:.4}", report.format_valid_rate),
-        ),
-        ("mean reward", format!("{:.4}", report.mean_reward)),
-        ("classified items", report.n_classified.to_string()),
-        ("perception-error rate", opt(report.perception_error_rate)),
-        ("reasoning-error rate", opt(report.reasoning_error_rate)),
-        (
-            "mean response tokens",
-            format!("{:.1}", report.mean_response_tokens),
-        ),
-        ("truncated rate", format!("{:.4}", report.truncated_rate)),
+fn fmt_rate(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The rows of the table: (metric, value per report).
+fn table_rows(reports: &[&EvalReport]) -> Vec<(String, Vec<String>)> {
+    type Cell = fn(&EvalReport) -> String;
+    let main: [(&str, Cell); 10] = [
+        ("items", |r| r.n.to_string()),
+        ("accuracy", |r| format!("{:.4}", r.accuracy)),
+        ("accuracy (ungated)", |r| {
+            format!("{:.4}", r.accuracy_ungated)
+        }),
+        ("format-valid rate", |r| {
+            format!("{:.4}", r.format_valid_rate)
+        }),
+        ("mean reward", |r| format!("{:.4}", r.mean_reward)),
+        ("classified items", |r| r.n_classified.to_string()),
+        ("perception-error rate", |r| {
+            fmt_rate(r.perception_error_rate)
+        }),
+        ("reasoning-error rate", |r| fmt_rate(r.reasoning_error_rate)),
+        ("mean response tokens", |r| {
+            format!("{:.1}", r.mean_response_tokens)
+        }),
+        ("truncated rate", |r| format!("{:.4}", r.truncated_rate)),
     ];
-    let mut out = format!("{:<24}{:>12}\n{}\n", "metric", "value", "-".repeat(36));
-    for (name, value) in rows {
-        out.push_str(&format!("{name:<24}{value:>12}\n"));
+    let mut rows: Vec<(String, Vec<String>)> = main
+        .iter()
+        .map(|(name, cell)| (name.to_string(), reports.iter().map(|r| cell(r)).collect()))
+        .collect();
+    let levels: std::collections::BTreeSet<i32> = reports
+        .iter()
+        .flat_map(|r| r.by_difficulty.keys().copied())
+        .collect();
+    type LevelCell = fn(&GroupMetrics) -> String;
+    let per_level: [(&str, LevelCell); 4] = [
+        ("accuracy", |g| format!("{:.4}", g.accuracy)),
+        ("format-valid", |g| format!("{:.4}", g.format_valid_rate)),
+        ("perception err", |g| fmt_rate(g.perception_error_rate)),
+        ("reasoning err", |g| fmt_rate(g.reasoning_error_rate)),
+    ];
+    for level in levels {
+        let n = reports
+            .iter()
+            .map(|r| r.by_difficulty.get(&level).map_or(0, |g| g.n).to_string())
+            .collect();
+        rows.push((format!("L{level} items"), n));
+        for (name, cell) in per_level {
+            let values = reports
+                .iter()
+                .map(|r| {
+                    r.by_difficulty
+                        .get(&level)
+                        .map_or_else(|| "n/a".to_string(), cell)
+                })
+                .collect();
+            rows.push((format!("L{level} {name}"), values));
+        }
+    }
+    rows
+}
+
+/// A fixed-width table comparing reports side by side, one column per `(name, report)`; rows
+/// are the metrics, then the per-difficulty ones (`L1 accuracy`, ...).
+pub fn render_comparison(columns: &[(&str, &EvalReport)]) -> String {
+    const NAME: usize = 24;
+    let reports: Vec<&EvalReport> = columns.iter().map(|(_, r)| *r).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|(name, _)| name.chars().count().max(10) + 2)
+        .collect();
+    let total = NAME + widths.iter().sum::<usize>();
+    let mut out = format!("{:<NAME$}", "metric");
+    for ((name, _), w) in columns.iter().zip(&widths) {
+        out.push_str(&format!("{name:>w$}"));
+    }
+    out.push('\n');
+    out.push_str(&"-".repeat(total));
+    out.push('\n');
+    for (metric, values) in table_rows(&reports) {
+        out.push_str(&format!("{metric:<NAME$}"));
+        for (v, w) in values.iter().zip(&widths) {
+            out.push_str(&format!("{v:>w$}"));
+        }
+        out.push('\n');
     }
     out
+}
+
+/// A fixed-width two-column table of one report.
+pub fn render_table(report: &EvalReport) -> String {
+    render_comparison(&[("value", report)])
 }
 
 /// Generates one response per record, in batches of `opts.batch_size` (left-padded). `rows[i]`
@@ -501,6 +619,7 @@ mod tests {
             correct_ungated: correct,
             reward: 0.8 * f64::from(u8::from(correct)) + 0.2 * f64::from(u8::from(format)),
             error,
+            difficulty: None,
             problems: Vec::new(),
         }
     }
@@ -533,10 +652,29 @@ mod tests {
 
     #[test]
     fn table_rows_have_fixed_width() {
-        let r = aggregate(&[item(true, true, Some(ErrorLabel::None), 3)]);
-        for line in render_table(&r).lines() {
+        let mut a = item(true, true, Some(ErrorLabel::None), 3);
+        a.difficulty = Some(1);
+        let mut b = item(false, true, Some(ErrorLabel::Reasoning), 3);
+        b.difficulty = Some(2);
+        let r = aggregate(&[a.clone(), b]);
+        assert_eq!(r.by_difficulty.len(), 2);
+        assert_eq!(r.by_difficulty[&1].accuracy, 1.0);
+        assert_eq!(r.by_difficulty[&2].reasoning_error_rate, Some(1.0));
+        let table = render_table(&r);
+        for line in table.lines() {
             assert_eq!(line.chars().count(), 36, "{line:?}");
         }
+        assert!(table.contains("L2 reasoning err"), "{table}");
+        // Side by side: a level only one report has shows n/a in the other column.
+        let only1 = aggregate(&[a]);
+        let cmp = render_comparison(&[("sft->rlvr", &only1), ("prism pipeline", &r)]);
+        let widths: Vec<usize> = cmp.lines().map(|l| l.chars().count()).collect();
+        assert!(widths.iter().all(|&w| w == 24 + 12 + 16), "{cmp}");
+        let l2 = cmp.lines().find(|l| l.starts_with("L2 accuracy")).unwrap();
+        assert!(
+            l2.contains("n/a") && l2.trim_end().ends_with("0.0000"),
+            "{l2}"
+        );
     }
 
     #[test]

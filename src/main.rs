@@ -32,6 +32,12 @@ enum Command {
     Report(prism::report::cli::ReportArgs),
     /// Collect teacher demonstrations for an RL parquet from an OpenAI-compatible endpoint.
     Teacher(prism::teacher::cli::TeacherArgs),
+    /// Upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a value head (PRISM discriminator).
+    Upcycle(prism::models::upcycle::UpcycleArgs),
+    /// Generate a reply to one user turn (images, then a prompt) with a checkpoint.
+    Generate(prism::models::generate_cli::GenerateArgs),
+    /// Evaluate a checkpoint on an RL parquet: accuracy, format, perception/reasoning errors.
+    Eval(prism::stages::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             prism::report::cli::run(&args)?;
         Command::Teacher(args) => {
             prism::teacher::cli::run(&args)?;
+        Command::Upcycle(args) => prism::models::upcycle::run(&args)?,
+        Command::Generate(args) => {
+            prism::models::generate_cli::run(&args)?;
+        }
+        Command::Eval(args) => {
+            prism::stages::eval::run(&args)?;
         }
     }
     Ok(ExitCode::SUCCESS)

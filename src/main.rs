@@ -30,6 +30,8 @@ enum Command {
     Score(prism::reward::cli::ScoreArgs),
     /// Upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a value head (PRISM discriminator).
     Upcycle(prism::models::upcycle::UpcycleArgs),
+    /// Run a pipeline of stages (sft, …) from a TOML run config.
+    Run(prism::stages::pipeline::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             prism::reward::cli::run(&args)?;
         }
         Command::Upcycle(args) => prism::models::upcycle::run(&args)?,
+        Command::Run(args) => {
+            prism::stages::pipeline::run(&args)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

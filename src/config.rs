@@ -350,12 +350,11 @@ impl RunConfig {
                 message,
             })?;
         }
-        let cfg: RunConfig = RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-            ConfigError::Parse {
+        let cfg: RunConfig =
+            RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -495,7 +494,10 @@ impl RunConfig {
 
         match (&self.policy.path, &self.policy.tiny) {
             (Some(_), Some(_)) => {
-                return Err(bad("policy", "give either `path` or `tiny`, not both".into()));
+                return Err(bad(
+                    "policy",
+                    "give either `path` or `tiny`, not both".into(),
+                ));
             }
             (None, None) => {
                 return Err(bad(
@@ -529,7 +531,10 @@ impl RunConfig {
             if t.head_dim % 8 != 0 {
                 return Err(bad(
                     "policy.tiny.head_dim",
-                    format!("must be a multiple of 8 (M-RoPE sections), got {}", t.head_dim),
+                    format!(
+                        "must be a multiple of 8 (M-RoPE sections), got {}",
+                        t.head_dim
+                    ),
                 ));
             }
             if t.num_attention_heads % t.num_key_value_heads != 0 {
@@ -566,7 +571,10 @@ impl RunConfig {
             .map_err(|e| bad(&e.field, e.msg.clone()))?;
 
         if self.stages.is_empty() {
-            return Err(bad("stages", "no stage given (add a [[stages]] entry)".into()));
+            return Err(bad(
+                "stages",
+                "no stage given (add a [[stages]] entry)".into(),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, st) in self.stages.iter().enumerate() {
@@ -608,9 +616,14 @@ impl RunConfig {
                     return Err(bad(&key(k), "must be at least 1".into()));
                 }
             }
-            s.adamw().validate().map_err(|e| bad(&key("lr"), e.to_string()))?;
+            s.adamw()
+                .validate()
+                .map_err(|e| bad(&key("lr"), e.to_string()))?;
             if !(s.lr.is_finite() && s.lr > 0.0) {
-                return Err(bad(&key("lr"), format!("must be finite and > 0, got {}", s.lr)));
+                return Err(bad(
+                    &key("lr"),
+                    format!("must be finite and > 0, got {}", s.lr),
+                ));
             }
             if !(0.0..=1.0).contains(&s.warmup_ratio) {
                 return Err(bad(
@@ -699,7 +712,9 @@ fn set_path(mut cur: &mut toml::Value, parts: &[&str], value: toml::Value) -> Re
 fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }

@@ -18,7 +18,9 @@ fn parse(text: &str, sets: &[&str]) -> Result<RunConfig, ConfigError> {
 }
 
 fn err(text: &str, sets: &[&str]) -> String {
-    parse(text, sets).expect_err("should be rejected").to_string()
+    parse(text, sets)
+        .expect_err("should be rejected")
+        .to_string()
 }
 
 #[test]
@@ -50,7 +52,10 @@ fn shipped_tiny_config_parses() {
 fn unknown_keys_are_named() {
     let e = err(&format!("[run]\nseeed = 3\n{MINIMAL}"), &[]);
     assert!(e.contains("test.toml") && e.contains("seeed"), "{e}");
-    let e = err(&MINIMAL.replace("kind = \"sft\"", "kind = \"sft\"\nlrr = 1.0"), &[]);
+    let e = err(
+        &MINIMAL.replace("kind = \"sft\"", "kind = \"sft\"\nlrr = 1.0"),
+        &[],
+    );
     assert!(e.contains("lrr"), "{e}");
     let e = err(MINIMAL, &["policy.tiny.hiden_size=3"]);
     assert!(e.contains("hiden_size"), "{e}");

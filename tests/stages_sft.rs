@@ -12,8 +12,8 @@ use prism::models::Qwen3Vl;
 use prism::models::processor::Processor;
 use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
 use prism::stages::sft::{
-    IGNORE_INDEX, OPTIMIZER_STATE, TRAINER_STATE, VISION_PREFIX, collate_examples,
-    encode_example, run_sft, summed_token_loss,
+    IGNORE_INDEX, OPTIMIZER_STATE, TRAINER_STATE, VISION_PREFIX, collate_examples, encode_example,
+    run_sft, summed_token_loss,
 };
 use prism::stages::{StageContext, StageError};
 use serde_json::Value;
@@ -102,14 +102,20 @@ fn params(dir: &Path) -> BTreeMap<String, Tensor> {
 
 fn records() -> (Vec<ShareGptRecord>, PathBuf) {
     let path = setup().data.train.clone();
-    let r = sharegpt::read(&path, ReadOptions::default()).unwrap().records;
+    let r = sharegpt::read(&path, ReadOptions::default())
+        .unwrap()
+        .records;
     (r, path)
 }
 
 fn image(path: &Path, rec: &ShareGptRecord) -> Vec<image::RgbImage> {
     rec.images
         .iter()
-        .map(|p| image::open(path.parent().unwrap().join(p)).unwrap().to_rgb8())
+        .map(|p| {
+            image::open(path.parent().unwrap().join(p))
+                .unwrap()
+                .to_rgb8()
+        })
         .collect()
 }
 
@@ -141,7 +147,10 @@ fn labels_are_the_assistant_reply_and_its_im_end() {
             }
         }
         // everything before is the system + user turns and the assistant header
-        let prompt = proc.tokenizer.decode(&ex.input_ids[..first], false).unwrap();
+        let prompt = proc
+            .tokenizer
+            .decode(&ex.input_ids[..first], false)
+            .unwrap();
         assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
         assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt:?}");
         // one image expanded into its tokens
@@ -196,7 +205,9 @@ fn left_and_right_padding_give_the_same_loss() {
         let expected: i64 = ex.iter().map(|e| e.num_labels() as i64).sum();
         assert_eq!(b.num_labels, expected);
         let logits = model.forward(&b.inputs, None).unwrap();
-        let l = summed_token_loss(&logits, &b.labels).unwrap().double_value(&[]);
+        let l = summed_token_loss(&logits, &b.labels)
+            .unwrap()
+            .double_value(&[]);
         losses.push(l / b.num_labels as f64);
     }
     assert!((losses[0] - losses[1]).abs() < 1e-4, "{losses:?}");
@@ -215,7 +226,9 @@ fn summed_loss_matches_a_hand_computed_cross_entropy() {
     // logits [1, 3, 2]; labels predict positions 1 and 2, position 2 ignored
     let logits = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 0.0, 5.0, 5.0]).view([1, 3, 2]);
     let labels = Tensor::from_slice(&[IGNORE_INDEX, 1, IGNORE_INDEX]).view([1, 3]);
-    let l = summed_token_loss(&logits, &labels).unwrap().double_value(&[]);
+    let l = summed_token_loss(&logits, &labels)
+        .unwrap()
+        .double_value(&[]);
     // position 0 logits (0, 1), target 1: -log(e/(1+e))
     let want = (1.0f64 + 1f64.exp()).ln() - 1.0;
     assert!((l - want).abs() < 1e-6, "{l} vs {want}");
@@ -249,14 +262,25 @@ fn training_loss_and_eval_loss_fall_and_the_checkpoint_is_complete() {
     assert_eq!(summary.first_eval_loss, Some(evals[0]));
     assert_eq!(summary.skipped_steps, 0);
     for r in m.iter().skip(1) {
-        for k in ["stage", "step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"] {
+        for k in [
+            "stage",
+            "step",
+            "loss",
+            "lr",
+            "grad_norm",
+            "tokens",
+            "tokens_per_s",
+        ] {
             assert!(r.get(k).is_some(), "{k} missing in {r}");
         }
         assert!(r["grad_norm"].as_f64().unwrap() > 0.0);
     }
     // warm-up from 0, then cosine decay to near 0
     assert_eq!(m[1]["lr"].as_f64(), Some(0.0));
-    let peak = m.iter().filter_map(|r| r["lr"].as_f64()).fold(0.0, f64::max);
+    let peak = m
+        .iter()
+        .filter_map(|r| r["lr"].as_f64())
+        .fold(0.0, f64::max);
     assert!((peak - 3e-3).abs() < 1e-9);
     assert!(m[30]["lr"].as_f64().unwrap() < 1e-4);
 
@@ -266,7 +290,10 @@ fn training_loss_and_eval_loss_fall_and_the_checkpoint_is_complete() {
     Processor::from_dir(out).unwrap();
     let trained = params(out);
     let init = params(&setup().init);
-    assert_eq!(trained.keys().collect::<Vec<_>>(), init.keys().collect::<Vec<_>>());
+    assert_eq!(
+        trained.keys().collect::<Vec<_>>(),
+        init.keys().collect::<Vec<_>>()
+    );
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join(TRAINER_STATE)).unwrap()).unwrap();
     assert_eq!(state["step"], 30);
@@ -321,7 +348,10 @@ fn frozen_vision_tower_stays_put_while_the_rest_trains() {
         }
     }
     assert!(vision > 0);
-    assert!(text_changed > 10, "only {text_changed} non-vision tensors changed");
+    assert!(
+        text_changed > 10,
+        "only {text_changed} non-vision tensors changed"
+    );
     // no optimizer state for the frozen tower
     let opt = Tensor::read_safetensors(s.output.join(OPTIMIZER_STATE)).unwrap();
     assert!(!opt.iter().any(|(n, _)| n.contains(VISION_PREFIX)));
@@ -341,10 +371,9 @@ fn non_finite_steps_are_skipped_counted_and_bounded() {
     assert_eq!(skipped, [false, true, true, false]);
     assert_eq!(m[3]["skipped_total"], 2);
     assert!(m[1]["loss"].is_null(), "NaN is logged as null: {}", m[1]);
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(s.output.join(TRAINER_STATE)).unwrap(),
-    )
-    .unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(s.output.join(TRAINER_STATE)).unwrap())
+            .unwrap();
     assert_eq!(state["optimizer_steps"], 2);
     assert_eq!(state["skipped_steps"], 2);
     // the weights stay finite
@@ -360,7 +389,10 @@ fn non_finite_steps_are_skipped_counted_and_bounded() {
     };
     match run_sft(&cfg, &ctx("nan-stop"), &setup().init) {
         Err(StageError::NonFinite {
-            step, in_row, total, ..
+            step,
+            in_row,
+            total,
+            ..
         }) => assert_eq!((step, in_row, total), (2, 2, 2)),
         other => panic!("expected NonFinite, got {other:?}"),
     }

@@ -32,9 +32,8 @@ impl MetricsLog {
 
     /// Writes one line. Non-finite numbers become JSON `null` (serde_json's rule).
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        let line = serde_json::to_string(record).map_err(|e| {
-            StageError::io(&self.path, std::io::Error::other(e.to_string()))
-        })?;
+        let line = serde_json::to_string(record)
+            .map_err(|e| StageError::io(&self.path, std::io::Error::other(e.to_string())))?;
         writeln!(self.out, "{line}").map_err(|e| StageError::io(&self.path, e))?;
         self.out.flush().map_err(|e| StageError::io(&self.path, e))
     }

@@ -42,6 +42,13 @@ pub fn run(args: &RunArgs) -> Result<Vec<StageSummary>> {
         ));
     }
     let cfg = RunConfig::load(&args.config, &overrides)?;
+    if let Some(addr) = cfg.metrics_addr() {
+        // a busy port must not stop a training run: the JSONL log has every step anyway
+        match crate::telemetry::install_prometheus(addr) {
+            Ok(()) => tracing::info!("Prometheus metrics on http://{addr}/metrics"),
+            Err(e) => tracing::warn!("{e}; continuing without the exporter"),
+        }
+    }
     let summaries = run_pipeline(&cfg)?;
     for s in &summaries {
         println!("{s}");
@@ -193,7 +200,13 @@ pub fn build_tiny_policy(
         "torch_dtype": "float32"
     });
     let config = Qwen3VlConfig::from_json(&config, &in_memory())?;
-    let model = Qwen3Vl::new_random(&config, &Heads::lm(), tch::Device::Cpu, tch::Kind::Float, seed)?;
+    let model = Qwen3Vl::new_random(
+        &config,
+        &Heads::lm(),
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        seed,
+    )?;
     model.save(dir)?;
     Ok(dir.to_path_buf())
 }
@@ -206,9 +219,9 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         tch::set_num_threads(cfg.run.threads as i32);
     }
     let resolved = run_dir.join("config.resolved.toml");
-    let text = cfg.to_toml().map_err(|e| {
-        StageError::io(&resolved, std::io::Error::other(e.to_string()))
-    })?;
+    let text = cfg
+        .to_toml()
+        .map_err(|e| StageError::io(&resolved, std::io::Error::other(e.to_string())))?;
     std::fs::write(&resolved, text).map_err(|e| StageError::io(&resolved, e))?;
 
     let data = prepare_data(cfg, &run_dir)?;

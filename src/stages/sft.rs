@@ -225,7 +225,13 @@ pub fn collate_examples(
     // a label at position 0 has no preceding logit
     let num_labels = examples
         .iter()
-        .map(|e| e.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count() as i64)
+        .map(|e| {
+            e.labels
+                .iter()
+                .skip(1)
+                .filter(|&&l| l != IGNORE_INDEX)
+                .count() as i64
+        })
         .sum();
     let dims = [b as i64, s as i64];
     let input_ids = Tensor::from_slice(&enc.input_ids).view(dims).to(device);
@@ -504,7 +510,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
             let logits = model.forward(&b.inputs, None)?;
             let mut l = summed_token_loss(&logits, &b.labels)? / (num_labels.max(1) as f64);
             if inject {
-                l = l * f64::NAN;
+                l *= f64::NAN;
             }
             let v = l.f_double_value(&[])?;
             if !v.is_finite() {
@@ -533,6 +539,8 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         }
         opt.zero_grad();
         let secs = t0.elapsed().as_secs_f64();
+        metrics::counter!(crate::telemetry::STEPS_TOTAL, "stage" => stage.clone()).increment(1);
+        metrics::histogram!(crate::telemetry::STEP_SECONDS, "stage" => stage.clone()).record(secs);
         let mut rec = json!({
             "stage": stage,
             "step": step,

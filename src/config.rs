@@ -350,11 +350,17 @@ impl RunConfig {
                 message,
             })?;
         }
-        let cfg: RunConfig =
-            RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+        let cfg: RunConfig = RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // without overrides, parsing the text itself gives the error its line and column
+            let message = match (overrides.is_empty(), toml::from_str::<RunConfig>(text)) {
+                (true, Err(spanned)) => spanned.to_string(),
+                _ => e.to_string(),
+            };
+            ConfigError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+                message,
+            }
+        })?;
         cfg.validate(path)?;
         Ok(cfg)
     }

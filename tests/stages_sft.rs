@@ -413,3 +413,27 @@ fn a_broken_train_file_is_named() {
         .to_string();
     assert!(e.contains("bad.jsonl") && e.contains("line 1"), "{e}");
 }
+
+#[test]
+fn bfloat16_training_keeps_bf16_weights_and_finite_losses() {
+    let mut c = ctx("bf16");
+    c.kind = Kind::BFloat16;
+    let s = run_sft(&sft(3), &c, &setup().init).unwrap();
+    assert_eq!(s.skipped_steps, 0);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(s.output.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16", "{cfg}");
+    let m = Qwen3Vl::load(&s.output, Device::Cpu, Kind::BFloat16).unwrap();
+    assert!(
+        m.named_parameters()
+            .values()
+            .all(|t| t.kind() == Kind::BFloat16)
+    );
+    // fp32 master copies are part of the optimizer state
+    let opt = Tensor::read_safetensors(s.output.join(OPTIMIZER_STATE)).unwrap();
+    assert!(opt.iter().any(|(n, _)| n.starts_with("master/")));
+    for r in metrics(&c.stage_dir()) {
+        assert!(r["loss"].as_f64().unwrap().is_finite());
+    }
+}

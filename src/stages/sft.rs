@@ -585,6 +585,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     let trainer_state = json!({
         "stage": stage,
         "kind": "sft",
+        "input": input,
         "step": cfg.steps,
         "optimizer_steps": opt.step_count(),
         "skipped_steps": skipped,

@@ -198,6 +198,8 @@ impl Default for TinyPolicy {
 /// One `[[stages]]` entry, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// a run holds a handful of stages: the size difference of the variants does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum StageConfig {
     /// Supervised fine-tuning on ShareGPT data.
     Sft(SftConfig),
@@ -278,6 +280,12 @@ pub struct SftConfig {
     pub train_file: Option<PathBuf>,
     /// Held-out file for eval loss; default: the `[data]` eval file.
     pub eval_file: Option<PathBuf>,
+    /// Write a resumable checkpoint (`run_dir/<name>/checkpoint-<step>`) every this many
+    /// steps; 0 = only the final one.
+    pub save_every: u64,
+    /// Continue from a checkpoint folder written by this stage (weights, optimizer state, step
+    /// and data position); the stage options must otherwise be the same.
+    pub resume_from: Option<PathBuf>,
     /// Fault injection for tests: the loss of these (1-based) steps is multiplied by NaN.
     pub inject_nan_steps: Vec<u64>,
 }
@@ -304,6 +312,8 @@ impl Default for SftConfig {
             max_bad_steps_in_row: 5,
             train_file: None,
             eval_file: None,
+            save_every: 0,
+            resume_from: None,
             inject_nan_steps: Vec::new(),
         }
     }

@@ -30,6 +30,19 @@ impl MetricsLog {
         })
     }
 
+    /// Opens `path` for appending (a resumed stage), creating it if needed.
+    pub fn append(path: &Path) -> Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| StageError::io(path, e))?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            out: BufWriter::new(f),
+        })
+    }
+
     /// Writes one line. Non-finite numbers become JSON `null` (serde_json's rule).
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
         let line = serde_json::to_string(record)

@@ -404,6 +404,90 @@ pub const TRAINER_STATE: &str = "trainer_state.json";
 /// AdamW state file next to the checkpoint.
 pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
 
+/// `trainer_state.json`: where a stage stands, enough to resume it exactly (the data order of an
+/// epoch is [`epoch_order`]`(n, seed, epoch)`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    pub stage: String,
+    /// The checkpoint the stage started from.
+    pub input: PathBuf,
+    /// Steps done (skipped ones included).
+    pub step: u64,
+    /// AdamW updates done.
+    pub optimizer_steps: i64,
+    pub skipped_steps: u64,
+    pub seed: u64,
+    pub train_file: PathBuf,
+    /// The next record to read.
+    pub position: DataPosition,
+    pub last_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+}
+
+/// Writes weights, processor files (from `processor_dir`), `trainer_state.json` (with the stage
+/// options) and `optimizer.safetensors` into a `.partial` folder, then renames it to `dir`, so a
+/// checkpoint folder is always complete.
+fn save_checkpoint(
+    dir: &Path,
+    model: &Qwen3Vl,
+    processor_dir: &Path,
+    opt: &AdamW,
+    state: &TrainerState,
+    cfg: &SftConfig,
+) -> Result<()> {
+    let mut tmp = dir.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
+    }
+    model.save(&tmp)?;
+    copy_processor_files(processor_dir, &tmp)?;
+    Tensor::write_safetensors(&opt.state_tensors(), tmp.join(OPTIMIZER_STATE))?;
+    let state_path = tmp.join(TRAINER_STATE);
+    let mut value = serde_json::to_value(state)
+        .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
+    value["kind"] = json!("sft");
+    value["config"] = json!(cfg);
+    let text = serde_json::to_string_pretty(&value)
+        .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
+    std::fs::write(&state_path, text).map_err(|e| StageError::io(&state_path, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| StageError::io(dir, e))
+}
+
+/// Reads a checkpoint's trainer state and restores the optimizer from it.
+fn load_resume_state(dir: &Path, opt: &mut AdamW, cfg: &SftConfig) -> Result<TrainerState> {
+    let path = dir.join(TRAINER_STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| StageError::Record {
+        path: path.clone(),
+        record: 1,
+        message: format!("not a trainer state: {e}"),
+    })?;
+    if state.step >= cfg.steps {
+        return Err(StageError::Invalid {
+            stage: state.stage,
+            message: format!(
+                "{}: resumes at step {} but the stage has only {} steps",
+                path.display(),
+                state.step,
+                cfg.steps
+            ),
+        });
+    }
+    let opt_path = dir.join(OPTIMIZER_STATE);
+    let tensors = Tensor::read_safetensors(&opt_path).map_err(|e| StageError::Record {
+        path: opt_path.clone(),
+        record: 1,
+        message: e.to_string(),
+    })?;
+    opt.load_state_tensors(&tensors)?;
+    Ok(state)
+}
+
 /// Runs SFT from the checkpoint `input`; writes `ctx.stage_dir()/final` and
 /// `ctx.stage_dir()/metrics.jsonl`.
 pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<StageSummary> {
@@ -425,8 +509,10 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         _ => None,
     };
 
-    let proc = Processor::from_dir(input)?;
-    let model = Qwen3Vl::load(input, ctx.device, ctx.kind)?;
+    // weights (and processor files) come from the resumed checkpoint when there is one
+    let weights_dir = cfg.resume_from.as_deref().unwrap_or(input);
+    let proc = Processor::from_dir(weights_dir)?;
+    let model = Qwen3Vl::load(weights_dir, ctx.device, ctx.kind)?;
     let mut trainable = Vec::new();
     for (name, p) in model.named_parameters() {
         if cfg.freeze_vision && name.starts_with(VISION_PREFIX) {
@@ -441,10 +527,19 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     let mut opt = AdamW::with_default_groups(cfg.adamw(), trainable)?;
     let params = opt.params();
     let schedule = LrSchedule::cosine_with_warmup_ratio(cfg.warmup_ratio, cfg.steps as i64)?;
+    let resumed = match &cfg.resume_from {
+        Some(dir) => Some(load_resume_state(dir, &mut opt, cfg)?),
+        None => None,
+    };
 
     let stage_dir = ctx.stage_dir();
     std::fs::create_dir_all(&stage_dir).map_err(|e| StageError::io(&stage_dir, e))?;
-    let mut log = MetricsLog::create(&stage_dir.join("metrics.jsonl"))?;
+    let log_path = stage_dir.join("metrics.jsonl");
+    let mut log = if resumed.is_some() {
+        MetricsLog::append(&log_path)?
+    } else {
+        MetricsLog::create(&log_path)?
+    };
     tracing::info!(
         stage = %stage,
         train = %train_path.display(),
@@ -454,22 +549,29 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     );
 
     let mut eval_losses: Vec<f64> = Vec::new();
-    if let Some(e) = &eval {
+    if let Some(e) = eval.as_ref().filter(|_| resumed.is_none()) {
         let l = eval_loss(&model, &proc, e, cfg, ctx.kind)?;
         eval_losses.push(l);
         log.write(&json!({"stage": stage, "step": 0, "eval_loss": l}))?;
     }
 
     let n = train.records.len();
-    let mut pos = DataPosition {
-        epoch: 0,
-        position: 0,
+    let (first_step, mut pos, mut skipped) = match resumed {
+        Some(r) => (r.step + 1, r.position, r.skipped_steps),
+        None => (
+            1,
+            DataPosition {
+                epoch: 0,
+                position: 0,
+            },
+            0,
+        ),
     };
     let mut order = epoch_order(n, ctx.seed, pos.epoch);
     let mut losses: Vec<f64> = Vec::new();
-    let mut skipped = 0u64;
     let mut in_row = 0u64;
-    for step in 1..=cfg.steps {
+    let mut last_eval: Option<f64> = None;
+    for step in first_step..=cfg.steps {
         let t0 = Instant::now();
         // micro-batches of this step, consuming the data order
         let mut micro: Vec<Vec<SftExample>> = Vec::with_capacity(cfg.grad_accum);
@@ -559,6 +661,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         {
             let l = eval_loss(&model, &proc, e, cfg, ctx.kind)?;
             eval_losses.push(l);
+            last_eval = Some(l);
             rec["eval_loss"] = json!(l);
         }
         log.write(&rec)?;
@@ -570,44 +673,44 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
                 total: skipped,
             });
         }
+        if in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0 && step < cfg.steps {
+            let state = TrainerState {
+                stage: stage.clone(),
+                input: input.to_path_buf(),
+                step,
+                optimizer_steps: opt.step_count(),
+                skipped_steps: skipped,
+                seed: ctx.seed,
+                train_file: train_path.clone(),
+                position: pos,
+                last_loss: losses.last().copied(),
+                eval_loss: last_eval,
+            };
+            save_checkpoint(
+                &stage_dir.join(format!("checkpoint-{step}")),
+                &model,
+                weights_dir,
+                &opt,
+                &state,
+                cfg,
+            )?;
+        }
     }
 
-    // output: weights + processor files + trainer state, made in a temp folder then renamed
     let final_dir = stage_dir.join("final");
-    let tmp = stage_dir.join("final.partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-    }
-    model.save(&tmp)?;
-    copy_processor_files(input, &tmp)?;
-    let state = opt.state_tensors();
-    Tensor::write_safetensors(&state, tmp.join(OPTIMIZER_STATE))?;
-    let trainer_state = json!({
-        "stage": stage,
-        "kind": "sft",
-        "input": input,
-        "step": cfg.steps,
-        "optimizer_steps": opt.step_count(),
-        "skipped_steps": skipped,
-        "seed": ctx.seed,
-        "data": {
-            "train_file": train_path,
-            "epoch": pos.epoch,
-            "position": pos.position,
-            "order": "epoch_order(n, seed, epoch)",
-        },
-        "last_loss": losses.last(),
-        "eval_loss": eval_losses.last(),
-        "config": cfg,
-    });
-    let state_path = tmp.join(TRAINER_STATE);
-    let text = serde_json::to_string_pretty(&trainer_state)
-        .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
-    std::fs::write(&state_path, text).map_err(|e| StageError::io(&state_path, e))?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| StageError::io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| StageError::io(&final_dir, e))?;
+    let state = TrainerState {
+        stage: stage.clone(),
+        input: input.to_path_buf(),
+        step: cfg.steps,
+        optimizer_steps: opt.step_count(),
+        skipped_steps: skipped,
+        seed: ctx.seed,
+        train_file: train_path.clone(),
+        position: pos,
+        last_loss: losses.last().copied(),
+        eval_loss: last_eval,
+    };
+    save_checkpoint(&final_dir, &model, weights_dir, &opt, &state, cfg)?;
 
     let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
     let k = losses.len().min(5);

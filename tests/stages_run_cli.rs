@@ -86,3 +86,25 @@ fn prism_run_rejects_an_unbuilt_stage_naming_it() {
     // nothing was written for a rejected config
     assert!(!tmp.path().join("config.resolved.toml").exists());
 }
+
+#[test]
+fn prism_run_names_a_missing_cuda_device() {
+    if tch::Cuda::device_count() > 7 {
+        return; // the machine really has a cuda:7
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .current_dir(root)
+        .args(["run", "configs/sft-tiny.toml", "--out"])
+        .arg(tmp.path())
+        .args(["--set", "run.device=cuda:7"])
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("run.device") && err.contains("cuda:7"),
+        "{err}"
+    );
+}

@@ -213,6 +213,18 @@ pub fn build_tiny_policy(
 
 /// Runs a validated config: data, policy, stages. Returns one summary per stage.
 pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
+    if let tch::Device::Cuda(i) = cfg.device() {
+        let n = tch::Cuda::device_count();
+        if i as i64 >= n {
+            return Err(StageError::Invalid {
+                stage: "run".into(),
+                message: format!(
+                    "run.device = {:?} but this machine has {n} CUDA device(s) visible to libtorch",
+                    cfg.run.device
+                ),
+            });
+        }
+    }
     let run_dir = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| StageError::io(&run_dir, e))?;
     if cfg.run.threads > 0 {

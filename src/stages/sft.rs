@@ -506,6 +506,10 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     let train = Dataset::read(&train_path)?;
     let eval = match (&eval_path, cfg.eval_every) {
         (Some(p), e) if e > 0 => Some(Dataset::read(p)?),
+        (None, e) if e > 0 => {
+            tracing::warn!(stage = %stage, "eval_every = {e} but there is no eval file: no eval loss");
+            None
+        }
         _ => None,
     };
 

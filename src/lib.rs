@@ -24,6 +24,7 @@
 
 pub mod actors;
 pub mod algo;
+pub mod config;
 pub mod data;
 pub mod models;
 pub mod report;

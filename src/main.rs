@@ -38,6 +38,8 @@ enum Command {
     Generate(prism::models::generate_cli::GenerateArgs),
     /// Evaluate a checkpoint on an RL parquet: accuracy, format, perception/reasoning errors.
     Eval(prism::stages::eval::EvalArgs),
+    /// Run a pipeline of stages (sft, …) from a TOML run config.
+    Run(prism::stages::pipeline::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Eval(args) => {
             prism::stages::eval::run(&args)?;
+        Command::Run(args) => {
+            prism::stages::pipeline::run(&args)?;
         }
     }
     Ok(ExitCode::SUCCESS)

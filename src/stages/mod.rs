@@ -1,4 +1,135 @@
 //! Training stages: SFT, discriminator warm-up, PRISM alignment, RLVR, evaluation, and the
 //! pipeline that chains them.
+//!
+//! Owns the stage error type and the plain stage signature: a stage takes its options, a
+//! [`StageContext`] (run directory, device, seed, prepared data) and the input checkpoint
+//! directory, and returns a [`StageSummary`] whose `output` is the next stage's input.
 
 pub mod eval;
+pub mod metrics_log;
+pub mod pipeline;
+pub mod sft;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ConfigError;
+
+/// Errors of preparing or running a stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    #[error(transparent)]
+    Data(#[from] crate::data::error::DataError),
+    #[error(transparent)]
+    Processor(#[from] crate::models::processor::ProcessorError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::models::tokenizer_train::TrainError),
+    #[error(transparent)]
+    Algo(#[from] crate::algo::AlgoError),
+    #[error("libtorch: {0}")]
+    Tch(#[from] tch::TchError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: record {record}: {message}", path.display())]
+    Record {
+        path: PathBuf,
+        record: usize,
+        message: String,
+    },
+    #[error(
+        "stage `{stage}`: {in_row} non-finite steps in a row (at step {step}; {total} skipped in all), stopping"
+    )]
+    NonFinite {
+        stage: String,
+        step: u64,
+        in_row: u64,
+        total: u64,
+    },
+    #[error("stage `{stage}`: {message}")]
+    Invalid { stage: String, message: String },
+}
+
+impl StageError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Result of the stages module.
+pub type Result<T, E = StageError> = std::result::Result<T, E>;
+
+/// What every stage gets besides its own options.
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Output name of this stage (`run_dir/<name>/`).
+    pub name: String,
+    /// Device of the trained model.
+    pub device: tch::Device,
+    /// Parameter dtype of the trained model.
+    pub kind: tch::Kind,
+    /// The run seed.
+    pub seed: u64,
+    /// Default train file (ShareGPT JSONL).
+    pub train_file: Option<PathBuf>,
+    /// Default held-out file (ShareGPT JSONL).
+    pub eval_file: Option<PathBuf>,
+}
+
+impl StageContext {
+    /// `run_dir/<name>`.
+    pub fn stage_dir(&self) -> PathBuf {
+        self.run_dir.join(&self.name)
+    }
+}
+
+/// What a stage reports when it finishes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    pub kind: String,
+    /// The output checkpoint (next stage's input).
+    pub output: PathBuf,
+    /// Steps run (skipped ones included).
+    pub steps: u64,
+    /// Non-finite steps skipped.
+    pub skipped_steps: u64,
+    /// Mean training loss of the first and last (up to 5) finite steps.
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// Eval loss before training and after the last step, when computed.
+    pub first_eval_loss: Option<f64>,
+    pub last_eval_loss: Option<f64>,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for StageSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        write!(
+            f,
+            "stage {} ({}): {} steps ({} skipped) in {:.1}s; train loss {} → {}; eval loss {} → {}; output {}",
+            self.name,
+            self.kind,
+            self.steps,
+            self.skipped_steps,
+            self.seconds,
+            opt(self.first_loss),
+            opt(self.last_loss),
+            opt(self.first_eval_loss),
+            opt(self.last_eval_loss),
+            self.output.display()
+        )
+    }
+}

@@ -1,0 +1,736 @@
+//! The run configuration of `prism run CONFIG`: one TOML file with `[run]`, `[data]`,
+//! `[policy]`, `[actors]` and `[[stages]]`.
+//!
+//! Owns phase one of a run: parsing (serde, `deny_unknown_fields` everywhere), `--set key=value`
+//! overrides applied to the TOML tree before deserialising, and validation that names the file
+//! and the key. Phase two (generating data, building the policy, running stages) lives in
+//! [`crate::stages::pipeline`]. Defaults live in `Default` impls; [`RunConfig::to_toml`] writes
+//! the resolved configuration (`config.resolved.toml` in the run directory).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::actors::config::{ActorsConfig, DeviceSpec};
+use crate::algo::adamw::AdamWConfig;
+
+/// Errors of reading, overriding or validating a run config. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: --set {arg}: {message}", path.display())]
+    Override {
+        path: PathBuf,
+        arg: String,
+        message: String,
+    },
+    #[error("{}: `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Where and how the run executes.
+    pub run: RunSection,
+    /// Training and evaluation data.
+    pub data: DataSection,
+    /// The initial policy checkpoint.
+    pub policy: PolicySection,
+    /// Actor placement and supervision, used by the actor-based stages (align, rlvr).
+    pub actors: ActorsConfig,
+    /// The stages, run in order; each stage's output checkpoint is the next one's input.
+    pub stages: Vec<StageConfig>,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run directory: data, init policy, stage outputs, metrics and the resolved config go here.
+    pub out_dir: PathBuf,
+    /// Seed of model init, data order and everything else random in the run.
+    pub seed: u64,
+    /// libtorch intra-op threads; 0 keeps libtorch's default.
+    pub threads: usize,
+    /// `"cpu"` or `"cuda:N"`.
+    pub device: String,
+    /// Parameter dtype of the trained policy: `"float32"` or `"bfloat16"`.
+    pub dtype: String,
+    /// Prometheus exporter address, or `"none"` for no exporter.
+    pub metrics_addr: String,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            out_dir: PathBuf::from("runs/prism"),
+            seed: 0,
+            threads: 0,
+            device: "cpu".into(),
+            dtype: "float32".into(),
+            metrics_addr: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[data]`: either `synth` (generated into `run_dir/data`) or a `train` file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Generate the procedural visual-reasoning task.
+    pub synth: Option<SynthSection>,
+    /// Existing ShareGPT JSONL for SFT (image paths relative to the file's folder).
+    pub train: Option<PathBuf>,
+    /// Existing held-out ShareGPT JSONL for eval loss.
+    pub eval: Option<PathBuf>,
+}
+
+/// `[data.synth]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthSection {
+    /// Number of train items.
+    pub train: usize,
+    /// Number of eval items (the held-out SFT file is made from their teacher demonstrations).
+    pub eval: usize,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Difficulty levels to mix (each in 1..=3).
+    pub difficulties: Vec<u8>,
+    /// Fraction of public demonstrations with a perception mistake.
+    pub perception_error_rate: f64,
+    /// Fraction of public demonstrations with a reasoning mistake.
+    pub reasoning_error_rate: f64,
+    /// Which demonstrations SFT trains on: `"teacher"` or `"public"`.
+    pub sft_source: String,
+}
+
+impl Default for SynthSection {
+    fn default() -> Self {
+        SynthSection {
+            train: 64,
+            eval: 16,
+            seed: 42,
+            difficulties: vec![1],
+            perception_error_rate: 0.2,
+            reasoning_error_rate: 0.2,
+            sft_source: "teacher".into(),
+        }
+    }
+}
+
+/// `[policy]`: `path` (an HF checkpoint directory) or `tiny` (built into `run_dir/init`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// HF-layout Qwen3-VL checkpoint directory.
+    pub path: Option<PathBuf>,
+    /// A random tiny Qwen3-VL with a tokenizer trained on the data's corpus.
+    pub tiny: Option<TinyPolicy>,
+}
+
+/// `[policy.tiny]`: dimensions of a random Qwen3-VL (HF names of `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TinyPolicy {
+    /// BPE vocabulary of the trained tokenizer, 256 bytes included (26 added tokens on top).
+    pub tokenizer_vocab_size: usize,
+    /// `text_config.hidden_size`.
+    pub hidden_size: i64,
+    /// `text_config.intermediate_size`.
+    pub intermediate_size: i64,
+    /// `text_config.num_hidden_layers`.
+    pub num_hidden_layers: i64,
+    /// `text_config.num_attention_heads`.
+    pub num_attention_heads: i64,
+    /// `text_config.num_key_value_heads`.
+    pub num_key_value_heads: i64,
+    /// `text_config.head_dim` (even; `mrope_section` is derived from it).
+    pub head_dim: i64,
+    /// `vision_config.depth`.
+    pub vision_depth: i64,
+    /// `vision_config.hidden_size`.
+    pub vision_hidden_size: i64,
+    /// `vision_config.intermediate_size`.
+    pub vision_intermediate_size: i64,
+    /// `vision_config.num_heads`.
+    pub vision_num_heads: i64,
+    /// Image processor `min_pixels` (`size.shortest_edge`).
+    pub image_min_pixels: u64,
+    /// Image processor `max_pixels` (`size.longest_edge`).
+    pub image_max_pixels: u64,
+}
+
+impl Default for TinyPolicy {
+    fn default() -> Self {
+        TinyPolicy {
+            tokenizer_vocab_size: 512,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            vision_depth: 1,
+            vision_hidden_size: 32,
+            vision_intermediate_size: 64,
+            vision_num_heads: 2,
+            image_min_pixels: 1024,
+            image_max_pixels: 160 * 160,
+        }
+    }
+}
+
+/// One `[[stages]]` entry, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+// a run holds a handful of stages: the size difference of the variants does not matter
+#[allow(clippy::large_enum_variant)]
+pub enum StageConfig {
+    /// Supervised fine-tuning on ShareGPT data.
+    Sft(SftConfig),
+    /// Discriminator warm-up (not built yet: rejected by validation).
+    Warmup(toml::Table),
+    /// PRISM alignment (not built yet: rejected by validation).
+    Align(toml::Table),
+    /// RLVR (not built yet: rejected by validation).
+    Rlvr(toml::Table),
+    /// Evaluation (not built yet: rejected by validation).
+    Eval(toml::Table),
+}
+
+impl StageConfig {
+    /// The `kind` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Sft(_) => "sft",
+            StageConfig::Warmup(_) => "warmup",
+            StageConfig::Align(_) => "align",
+            StageConfig::Rlvr(_) => "rlvr",
+            StageConfig::Eval(_) => "eval",
+        }
+    }
+}
+
+/// Padding side of training batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PadSide {
+    #[default]
+    Right,
+    Left,
+}
+
+/// `kind = "sft"` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// Stage name: its output goes to `run_dir/<name>/final`. Default: `sft` (`sft-<i>` when
+    /// several SFT stages are given without names).
+    pub name: Option<String>,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Conversations per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Fraction of `steps` with linear warm-up before the cosine decay.
+    pub warmup_ratio: f64,
+    /// Decoupled weight decay of matrices (biases and norms get none).
+    pub weight_decay: f64,
+    /// AdamW β₁.
+    pub beta1: f64,
+    /// AdamW β₂.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Gradient clipping threshold (total 2-norm).
+    pub max_grad_norm: f64,
+    /// Keep the vision tower fixed: its parameters get no gradient and no optimizer state.
+    pub freeze_vision: bool,
+    /// Compute the eval loss every this many steps (and before the first and after the last);
+    /// 0 = never.
+    pub eval_every: u64,
+    /// Most eval conversations used per evaluation; 0 = all.
+    pub eval_max_samples: usize,
+    /// Longest tokenised conversation (images expanded); longer ones are an error naming the
+    /// record.
+    pub max_length: usize,
+    /// Padding side of batches.
+    pub padding_side: PadSide,
+    /// Consecutive non-finite steps after which the stage stops with an error.
+    pub max_bad_steps_in_row: u64,
+    /// Train file; default: the `[data]` train file.
+    pub train_file: Option<PathBuf>,
+    /// Held-out file for eval loss; default: the `[data]` eval file.
+    pub eval_file: Option<PathBuf>,
+    /// Write a resumable checkpoint (`run_dir/<name>/checkpoint-<step>`) every this many
+    /// steps; 0 = only the final one.
+    pub save_every: u64,
+    /// Continue from a checkpoint folder written by this stage (weights, optimizer state, step
+    /// and data position); the stage options must otherwise be the same.
+    pub resume_from: Option<PathBuf>,
+    /// Fault injection for tests: the loss of these (1-based) steps is multiplied by NaN.
+    pub inject_nan_steps: Vec<u64>,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            name: None,
+            steps: 100,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 1e-5,
+            warmup_ratio: 0.03,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            freeze_vision: false,
+            eval_every: 0,
+            eval_max_samples: 0,
+            max_length: 4096,
+            padding_side: PadSide::Right,
+            max_bad_steps_in_row: 5,
+            train_file: None,
+            eval_file: None,
+            save_every: 0,
+            resume_from: None,
+            inject_nan_steps: Vec::new(),
+        }
+    }
+}
+
+impl SftConfig {
+    /// The optimizer hyper-parameters.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            master_weights: true,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `--set key=value` overrides, deserialises and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path, overrides)
+    }
+
+    /// Parses TOML text (`path` names it in errors), applies overrides, validates.
+    pub fn from_toml_str(
+        text: &str,
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<RunConfig, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        for arg in overrides {
+            apply_override(&mut table, arg).map_err(|message| ConfigError::Override {
+                path: path.to_path_buf(),
+                arg: arg.clone(),
+                message,
+            })?;
+        }
+        let cfg: RunConfig = RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // without overrides, parsing the text itself gives the error its line and column
+            let message = match (overrides.is_empty(), toml::from_str::<RunConfig>(text)) {
+                (true, Err(spanned)) => spanned.to_string(),
+                _ => e.to_string(),
+            };
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// The resolved configuration as TOML.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// The `[run] device` as a tch device.
+    pub fn device(&self) -> tch::Device {
+        match self.run.device.parse::<DeviceSpec>() {
+            Ok(DeviceSpec::Cuda(i)) => tch::Device::Cuda(i),
+            _ => tch::Device::Cpu,
+        }
+    }
+
+    /// The `[run] dtype` as a tch kind.
+    pub fn kind(&self) -> tch::Kind {
+        if self.run.dtype == "bfloat16" {
+            tch::Kind::BFloat16
+        } else {
+            tch::Kind::Float
+        }
+    }
+
+    /// The exporter address, `None` for `"none"`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.run.metrics_addr.parse().ok()
+    }
+
+    /// The output name of stage `i`.
+    pub fn stage_name(&self, i: usize) -> String {
+        match &self.stages[i] {
+            StageConfig::Sft(s) => s.name.clone().unwrap_or_else(|| {
+                let n_sft = self
+                    .stages
+                    .iter()
+                    .filter(|s| matches!(s, StageConfig::Sft(_)))
+                    .count();
+                if n_sft == 1 {
+                    "sft".into()
+                } else {
+                    format!("sft-{i}")
+                }
+            }),
+            other => format!("{}-{i}", other.kind()),
+        }
+    }
+
+    /// Checks every field once; errors name the file and the dotted key.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let r = &self.run;
+        r.device
+            .parse::<DeviceSpec>()
+            .map_err(|m| bad("run.device", m))?;
+        if r.dtype != "float32" && r.dtype != "bfloat16" {
+            return Err(bad(
+                "run.dtype",
+                format!("expected \"float32\" or \"bfloat16\", got {:?}", r.dtype),
+            ));
+        }
+        if r.metrics_addr != "none" && r.metrics_addr.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "run.metrics_addr",
+                format!(
+                    "expected host:port (e.g. 127.0.0.1:9464) or \"none\", got {:?}",
+                    r.metrics_addr
+                ),
+            ));
+        }
+        if r.out_dir.as_os_str().is_empty() {
+            return Err(bad("run.out_dir", "must not be empty".into()));
+        }
+
+        let d = &self.data;
+        match (&d.synth, &d.train) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "data",
+                    "give either `synth` or `train`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "data",
+                    "needs `synth` (generated data) or `train` (a ShareGPT JSONL file)".into(),
+                ));
+            }
+            _ => {}
+        }
+        if d.synth.is_some() && d.eval.is_some() {
+            return Err(bad(
+                "data.eval",
+                "synthetic data brings its own eval split; remove `eval` or `synth`".into(),
+            ));
+        }
+        if let Some(s) = &d.synth {
+            if s.train == 0 {
+                return Err(bad("data.synth.train", "must be at least 1".into()));
+            }
+            if s.sft_source != "teacher" && s.sft_source != "public" {
+                return Err(bad(
+                    "data.synth.sft_source",
+                    format!("expected \"teacher\" or \"public\", got {:?}", s.sft_source),
+                ));
+            }
+            if s.difficulties.is_empty() || s.difficulties.iter().any(|d| !(1..=3).contains(d)) {
+                return Err(bad(
+                    "data.synth.difficulties",
+                    format!("each level must be 1, 2 or 3, got {:?}", s.difficulties),
+                ));
+            }
+            for (k, v) in [
+                ("perception_error_rate", s.perception_error_rate),
+                ("reasoning_error_rate", s.reasoning_error_rate),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(bad(
+                        &format!("data.synth.{k}"),
+                        format!("must be in [0, 1], got {v}"),
+                    ));
+                }
+            }
+            if s.perception_error_rate + s.reasoning_error_rate > 1.0 {
+                return Err(bad(
+                    "data.synth",
+                    "perception_error_rate + reasoning_error_rate must be ≤ 1".into(),
+                ));
+            }
+        }
+
+        match (&self.policy.path, &self.policy.tiny) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "policy",
+                    "give either `path` or `tiny`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "policy",
+                    "needs `path` (an HF checkpoint directory) or `tiny` (a random tiny model)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(t) = &self.policy.tiny {
+            for (k, v) in [
+                ("hidden_size", t.hidden_size),
+                ("intermediate_size", t.intermediate_size),
+                ("num_hidden_layers", t.num_hidden_layers),
+                ("num_attention_heads", t.num_attention_heads),
+                ("num_key_value_heads", t.num_key_value_heads),
+                ("head_dim", t.head_dim),
+                ("vision_depth", t.vision_depth),
+                ("vision_hidden_size", t.vision_hidden_size),
+                ("vision_intermediate_size", t.vision_intermediate_size),
+                ("vision_num_heads", t.vision_num_heads),
+            ] {
+                if v <= 0 {
+                    return Err(bad(
+                        &format!("policy.tiny.{k}"),
+                        format!("must be > 0, got {v}"),
+                    ));
+                }
+            }
+            if t.head_dim % 8 != 0 {
+                return Err(bad(
+                    "policy.tiny.head_dim",
+                    format!(
+                        "must be a multiple of 8 (M-RoPE sections), got {}",
+                        t.head_dim
+                    ),
+                ));
+            }
+            if t.num_attention_heads % t.num_key_value_heads != 0 {
+                return Err(bad(
+                    "policy.tiny.num_key_value_heads",
+                    "must divide num_attention_heads".into(),
+                ));
+            }
+            if t.vision_hidden_size % t.vision_num_heads != 0 {
+                return Err(bad(
+                    "policy.tiny.vision_num_heads",
+                    "must divide vision_hidden_size".into(),
+                ));
+            }
+            if t.tokenizer_vocab_size <= 256 {
+                return Err(bad(
+                    "policy.tiny.tokenizer_vocab_size",
+                    format!(
+                        "must be above the 256 byte tokens, got {}",
+                        t.tokenizer_vocab_size
+                    ),
+                ));
+            }
+            if t.image_min_pixels == 0 || t.image_min_pixels > t.image_max_pixels {
+                return Err(bad(
+                    "policy.tiny.image_min_pixels",
+                    "need 0 < image_min_pixels ≤ image_max_pixels".into(),
+                ));
+            }
+        }
+
+        self.actors
+            .validate()
+            .map_err(|e| bad(&e.field, e.msg.clone()))?;
+
+        if self.stages.is_empty() {
+            return Err(bad(
+                "stages",
+                "no stage given (add a [[stages]] entry)".into(),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, st) in self.stages.iter().enumerate() {
+            let key = |k: &str| format!("stages.{i}.{k}");
+            let s = match st {
+                StageConfig::Sft(s) => s,
+                other => {
+                    return Err(bad(
+                        &key("kind"),
+                        format!(
+                            "stage kind {:?} is not built yet in this version of prism (only \"sft\" runs)",
+                            other.kind()
+                        ),
+                    ));
+                }
+            };
+            let name = self.stage_name(i);
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(
+                    &key("name"),
+                    format!("{name:?}: use letters, digits, '-' and '_' only"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(bad(&key("name"), format!("{name:?} is used twice")));
+            }
+            for (k, v) in [
+                ("steps", s.steps as usize),
+                ("batch_size", s.batch_size),
+                ("grad_accum", s.grad_accum),
+                ("max_length", s.max_length),
+                ("max_bad_steps_in_row", s.max_bad_steps_in_row as usize),
+            ] {
+                if v == 0 {
+                    return Err(bad(&key(k), "must be at least 1".into()));
+                }
+            }
+            s.adamw()
+                .validate()
+                .map_err(|e| bad(&key("lr"), e.to_string()))?;
+            if !(s.lr.is_finite() && s.lr > 0.0) {
+                return Err(bad(
+                    &key("lr"),
+                    format!("must be finite and > 0, got {}", s.lr),
+                ));
+            }
+            if !(0.0..=1.0).contains(&s.warmup_ratio) {
+                return Err(bad(
+                    &key("warmup_ratio"),
+                    format!("must be in [0, 1], got {}", s.warmup_ratio),
+                ));
+            }
+            if !(s.max_grad_norm.is_finite() && s.max_grad_norm > 0.0) {
+                return Err(bad(
+                    &key("max_grad_norm"),
+                    format!("must be finite and > 0, got {}", s.max_grad_norm),
+                ));
+            }
+            if s.train_file.is_none() && self.data.synth.is_none() && self.data.train.is_none() {
+                return Err(bad(&key("train_file"), "no training data".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies one `key=value` override: `key` is a dotted path (`run.seed`, `stages.0.lr`;
+/// numbers index arrays), `value` is a TOML value (`1e-4`, `true`, `"x"`, `[1, 2]`) or, when it
+/// does not parse as one, a bare string. Missing tables are created.
+pub fn apply_override(root: &mut toml::Table, arg: &str) -> Result<(), String> {
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| "expected key=value".to_string())?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("empty key".into());
+    }
+    let value = parse_value(raw.trim());
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("malformed key {key:?}"));
+    }
+    let mut whole = toml::Value::Table(std::mem::take(root));
+    let result = set_path(&mut whole, &parts, value);
+    if let toml::Value::Table(t) = whole {
+        *root = t;
+    }
+    result
+}
+
+/// Sets `parts` (a split dotted key) in `cur` to `value`.
+fn set_path(mut cur: &mut toml::Value, parts: &[&str], value: toml::Value) -> Result<(), String> {
+    for (depth, part) in parts.iter().enumerate() {
+        let last = depth + 1 == parts.len();
+        let here = parts[..=depth].join(".");
+        match cur {
+            toml::Value::Table(t) => {
+                if last {
+                    t.insert(part.to_string(), value);
+                    return Ok(());
+                }
+                cur = t
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            }
+            toml::Value::Array(a) => {
+                let i: usize = part
+                    .parse()
+                    .map_err(|_| format!("`{here}`: {part:?} is not an index of the array"))?;
+                let len = a.len();
+                let slot = a.get_mut(i).ok_or_else(|| {
+                    format!("`{here}`: index {i} is out of range (the array has {len} entries)")
+                })?;
+                if last {
+                    *slot = value;
+                    return Ok(());
+                }
+                cur = slot;
+            }
+            _ => {
+                return Err(format!(
+                    "`{}` is a value, not a table or array",
+                    parts[..depth].join(".")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}

@@ -1,0 +1,183 @@
+//! The run config: defaults, unknown keys, `--set` overrides, validation messages naming keys,
+//! and the rejection of stage kinds that are not built yet.
+
+use std::path::Path;
+
+use prism::config::{ConfigError, PadSide, RunConfig, SftConfig, StageConfig, apply_override};
+
+const MINIMAL: &str = r#"
+[data.synth]
+[policy.tiny]
+[[stages]]
+kind = "sft"
+"#;
+
+fn parse(text: &str, sets: &[&str]) -> Result<RunConfig, ConfigError> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    RunConfig::from_toml_str(text, Path::new("test.toml"), &sets)
+}
+
+fn err(text: &str, sets: &[&str]) -> String {
+    parse(text, sets)
+        .expect_err("should be rejected")
+        .to_string()
+}
+
+#[test]
+fn minimal_file_gets_the_defaults() {
+    let cfg = parse(MINIMAL, &[]).unwrap();
+    assert_eq!(cfg.run.device, "cpu");
+    assert_eq!(cfg.run.metrics_addr, "127.0.0.1:9464");
+    assert_eq!(cfg.metrics_addr(), Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(cfg.data.synth, Some(Default::default()));
+    assert_eq!(cfg.policy.tiny, Some(Default::default()));
+    assert_eq!(cfg.actors, Default::default());
+    assert_eq!(cfg.stages, vec![StageConfig::Sft(SftConfig::default())]);
+    assert_eq!(cfg.stage_name(0), "sft");
+    assert_eq!(cfg.device(), tch::Device::Cpu);
+}
+
+#[test]
+fn shipped_tiny_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sft-tiny.toml");
+    let cfg = RunConfig::load(&path, &[]).unwrap();
+    assert_eq!(cfg.metrics_addr(), None);
+    let StageConfig::Sft(s) = &cfg.stages[0] else {
+        panic!("not sft")
+    };
+    assert!(s.steps > 0 && s.eval_every > 0);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = err(&format!("[run]\nseeed = 3\n{MINIMAL}"), &[]);
+    assert!(e.contains("test.toml") && e.contains("seeed"), "{e}");
+    let e = err(
+        &MINIMAL.replace("kind = \"sft\"", "kind = \"sft\"\nlrr = 1.0"),
+        &[],
+    );
+    assert!(e.contains("lrr"), "{e}");
+    let e = err(MINIMAL, &["policy.tiny.hiden_size=3"]);
+    assert!(e.contains("hiden_size"), "{e}");
+    let e = err(MINIMAL, &["actors.placement.lerner=\"cpu\""]);
+    assert!(e.contains("lerner"), "{e}");
+}
+
+#[test]
+fn set_overrides_reach_nested_keys_and_stage_indices() {
+    let cfg = parse(
+        MINIMAL,
+        &[
+            "run.seed=7",
+            "run.out_dir=out/x",
+            "stages.0.lr=1e-4",
+            "stages.0.padding_side=left",
+            "stages.0.inject_nan_steps=[2, 3]",
+            "data.synth.train=10",
+            "run.metrics_addr=none",
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.run.seed, 7);
+    assert_eq!(cfg.run.out_dir, Path::new("out/x"));
+    assert_eq!(cfg.data.synth.as_ref().unwrap().train, 10);
+    assert_eq!(cfg.metrics_addr(), None);
+    let StageConfig::Sft(s) = &cfg.stages[0] else {
+        panic!("not sft")
+    };
+    assert_eq!(s.lr, 1e-4);
+    assert_eq!(s.padding_side, PadSide::Left);
+    assert_eq!(s.inject_nan_steps, vec![2, 3]);
+}
+
+#[test]
+fn bad_overrides_say_why() {
+    let e = err(MINIMAL, &["stages.3.lr=1"]);
+    assert!(e.contains("stages.3") && e.contains("out of range"), "{e}");
+    let e = err(MINIMAL, &["run.seed"]);
+    assert!(e.contains("key=value"), "{e}");
+    let e = err(MINIMAL, &["run.seed.x=1"]);
+    assert!(e.contains("run.seed"), "{e}");
+    let e = err(MINIMAL, &["stages.x.lr=1"]);
+    assert!(e.contains("not an index"), "{e}");
+    // type errors surface from deserialisation
+    let e = err(MINIMAL, &["run.seed=\"seven\""]);
+    assert!(e.contains("seed"), "{e}");
+}
+
+#[test]
+fn override_of_a_plain_table() {
+    let mut t: toml::Table = toml::from_str("a = 1").unwrap();
+    apply_override(&mut t, "b.c=hello world").unwrap();
+    apply_override(&mut t, "a=2").unwrap();
+    assert_eq!(t["a"].as_integer(), Some(2));
+    assert_eq!(t["b"]["c"].as_str(), Some("hello world"));
+}
+
+#[test]
+fn unbuilt_stage_kinds_are_rejected() {
+    for kind in ["warmup", "align", "rlvr", "eval"] {
+        let text = format!("{MINIMAL}\n[[stages]]\nkind = \"{kind}\"\nsteps = 3\n");
+        let e = err(&text, &[]);
+        assert!(
+            e.contains("stages.1.kind") && e.contains(kind) && e.contains("not built yet"),
+            "{e}"
+        );
+    }
+    let e = err(&MINIMAL.replace("\"sft\"", "\"dpo\""), &[]);
+    assert!(e.contains("dpo"), "{e}");
+}
+
+#[test]
+fn validation_names_the_key() {
+    for (set, key) in [
+        ("stages.0.batch_size=0", "stages.0.batch_size"),
+        ("stages.0.steps=0", "stages.0.steps"),
+        ("stages.0.warmup_ratio=1.5", "stages.0.warmup_ratio"),
+        ("stages.0.max_grad_norm=-1", "stages.0.max_grad_norm"),
+        ("stages.0.lr=0", "stages.0.lr"),
+        ("run.device=\"tpu\"", "run.device"),
+        ("run.dtype=\"fp8\"", "run.dtype"),
+        ("run.metrics_addr=\"localhost\"", "run.metrics_addr"),
+        ("data.synth.sft_source=\"mixed\"", "data.synth.sft_source"),
+        ("data.synth.difficulties=[4]", "data.synth.difficulties"),
+        ("policy.tiny.head_dim=12", "policy.tiny.head_dim"),
+        ("policy.path=\"some/dir\"", "policy"),
+        ("data.train=\"x.jsonl\"", "data"),
+        ("actors.queue_capacity=0", "actors.queue_capacity"),
+    ] {
+        let e = err(MINIMAL, &[set]);
+        assert!(e.contains(&format!("`{key}`")), "{set}: {e}");
+    }
+    let e = err("[policy.tiny]\n[[stages]]\nkind = \"sft\"\n", &[]);
+    assert!(e.contains("`data`"), "{e}");
+    let e = err("[data.synth]\n[policy.tiny]\n", &[]);
+    assert!(e.contains("`stages`"), "{e}");
+    let two = format!("{MINIMAL}\n[[stages]]\nkind = \"sft\"\nname = \"sft\"\n");
+    let e = err(&two, &["stages.0.name=sft"]);
+    assert!(e.contains("used twice"), "{e}");
+}
+
+#[test]
+fn several_unnamed_sft_stages_get_distinct_names() {
+    let two = format!("{MINIMAL}\n[[stages]]\nkind = \"sft\"\n");
+    let cfg = parse(&two, &[]).unwrap();
+    assert_eq!(cfg.stage_name(0), "sft-0");
+    assert_eq!(cfg.stage_name(1), "sft-1");
+}
+
+#[test]
+fn resolved_config_round_trips() {
+    let cfg = parse(MINIMAL, &["stages.0.lr=2e-4", "run.seed=5"]).unwrap();
+    let text = cfg.to_toml().unwrap();
+    let back = parse(&text, &[]).unwrap();
+    assert_eq!(back, cfg);
+}
+
+#[test]
+fn missing_file_is_named() {
+    let e = RunConfig::load(Path::new("no/such/run.toml"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no/such/run.toml"), "{e}");
+}

@@ -209,8 +209,37 @@ pub enum StageConfig {
     Align(toml::Table),
     /// RLVR (not built yet: rejected by validation).
     Rlvr(toml::Table),
-    /// Evaluation (not built yet: rejected by validation).
-    Eval(toml::Table),
+    /// Evaluation of the incoming checkpoint on an RL parquet (accuracy, format-valid rate,
+    /// perception- and reasoning-error rates); its output is its input, unchanged.
+    Eval(EvalStageConfig),
+}
+
+/// `kind = "eval"` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalStageConfig {
+    /// Stage name: the report goes to `run_dir/<name>/`. Default: `eval-<i>`.
+    pub name: Option<String>,
+    /// RL parquet to evaluate on. Default: the synthetic data's `rl_eval.parquet`.
+    pub data: Option<PathBuf>,
+    /// Evaluate only the first `limit` records (all when unset).
+    pub limit: Option<usize>,
+    /// Prompts generated together (left-padded, greedy).
+    pub batch_size: usize,
+    /// Maximum generated tokens per response.
+    pub max_new_tokens: usize,
+}
+
+impl Default for EvalStageConfig {
+    fn default() -> Self {
+        EvalStageConfig {
+            name: None,
+            data: None,
+            limit: None,
+            batch_size: 8,
+            max_new_tokens: 256,
+        }
+    }
 }
 
 impl StageConfig {
@@ -417,6 +446,7 @@ impl RunConfig {
                     format!("sft-{i}")
                 }
             }),
+            StageConfig::Eval(e) => e.name.clone().unwrap_or_else(|| format!("eval-{i}")),
             other => format!("{}-{i}", other.kind()),
         }
     }
@@ -595,18 +625,6 @@ impl RunConfig {
         let mut names = std::collections::BTreeSet::new();
         for (i, st) in self.stages.iter().enumerate() {
             let key = |k: &str| format!("stages.{i}.{k}");
-            let s = match st {
-                StageConfig::Sft(s) => s,
-                other => {
-                    return Err(bad(
-                        &key("kind"),
-                        format!(
-                            "stage kind {:?} is not built yet in this version of prism (only \"sft\" runs)",
-                            other.kind()
-                        ),
-                    ));
-                }
-            };
             let name = self.stage_name(i);
             if name.is_empty()
                 || !name
@@ -621,6 +639,41 @@ impl RunConfig {
             if !names.insert(name.clone()) {
                 return Err(bad(&key("name"), format!("{name:?} is used twice")));
             }
+            let s = match st {
+                StageConfig::Sft(s) => s,
+                StageConfig::Eval(e) => {
+                    for (k, v) in [
+                        ("batch_size", e.batch_size),
+                        ("max_new_tokens", e.max_new_tokens),
+                    ] {
+                        if v == 0 {
+                            return Err(bad(&key(k), "must be at least 1".into()));
+                        }
+                    }
+                    if e.limit == Some(0) {
+                        return Err(bad(&key("limit"), "must be at least 1 when set".into()));
+                    }
+                    let synth_eval = self.data.synth.as_ref().is_some_and(|s| s.eval > 0);
+                    if e.data.is_none() && !synth_eval {
+                        return Err(bad(
+                            &key("data"),
+                            "no evaluation data: set it, or generate synthetic eval items \
+                             (data.synth.eval > 0)"
+                                .into(),
+                        ));
+                    }
+                    continue;
+                }
+                other => {
+                    return Err(bad(
+                        &key("kind"),
+                        format!(
+                            "stage kind {:?} is not built yet in this version of prism (only \"sft\" and \"eval\" run)",
+                            other.kind()
+                        ),
+                    ));
+                }
+            };
             for (k, v) in [
                 ("steps", s.steps as usize),
                 ("batch_size", s.batch_size),

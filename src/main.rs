@@ -76,14 +76,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Report(args) => {
             prism::report::cli::run(&args)?;
+        }
         Command::Teacher(args) => {
             prism::teacher::cli::run(&args)?;
+        }
         Command::Upcycle(args) => prism::models::upcycle::run(&args)?,
         Command::Generate(args) => {
             prism::models::generate_cli::run(&args)?;
         }
         Command::Eval(args) => {
             prism::stages::eval::run(&args)?;
+        }
         Command::Run(args) => {
             prism::stages::pipeline::run(&args)?;
         }

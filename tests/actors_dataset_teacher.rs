@@ -78,8 +78,12 @@ fn a_whole_response_is_split_by_the_format_rule() {
     let uids: Vec<u64> = (0..records.len() as u64).collect();
     let mut teacher = DatasetTeacher::from_rl_records(&records, &uids, &file, tokenizer()).unwrap();
     let demo = teacher.demonstrate(&prompt(0)).unwrap();
-    assert!(demo.caption.text.starts_with("<caption>") && demo.caption.text.ends_with("</caption>"));
-    assert!(demo.reasoning.text.starts_with("<think>") && demo.reasoning.text.ends_with("</answer>"));
+    assert!(
+        demo.caption.text.starts_with("<caption>") && demo.caption.text.ends_with("</caption>")
+    );
+    assert!(
+        demo.reasoning.text.starts_with("<think>") && demo.reasoning.text.ends_with("</answer>")
+    );
 }
 
 #[test]
@@ -92,7 +96,10 @@ fn a_row_without_a_teacher_is_an_error_naming_it() {
     let err = DatasetTeacher::from_rl_records(&records, &uids, &file, tokenizer())
         .err()
         .expect("missing teacher must be an error");
-    assert!(err.contains("row 2") && err.contains("rl_train.parquet"), "{err}");
+    assert!(
+        err.contains("row 2") && err.contains("rl_train.parquet"),
+        "{err}"
+    );
 
     records[2].teacher_response = Some("just an answer".into());
     let err = DatasetTeacher::from_rl_records(&records, &uids, &file, tokenizer())

@@ -59,6 +59,23 @@ fn kinds() -> Vec<(&'static str, Kind, Labels)> {
         (telemetry::STEPS_TOTAL, Counter, stage.clone()),
         (telemetry::TEACHER_CACHE_HITS_TOTAL, Counter, stage.clone()),
         (telemetry::TEACHER_CACHE_MISSES_TOTAL, Counter, stage),
+        // The HTTP teacher (src/teacher/client.rs) records these without stage labels.
+        (telemetry::TEACHER_REQUESTS_TOTAL, Counter, vec![]),
+        (
+            telemetry::TEACHER_RETRIES_TOTAL,
+            Counter,
+            vec![("reason", "rate_limited")],
+        ),
+        (telemetry::TEACHER_INPUT_TOKENS_TOTAL, Counter, vec![]),
+        (telemetry::TEACHER_OUTPUT_TOKENS_TOTAL, Counter, vec![]),
+        (telemetry::TEACHER_COST_USD, Gauge, vec![]),
+        (telemetry::TEACHER_REQUEST_SECONDS, Histogram, vec![]),
+        (telemetry::TEACHER_INVALID_ANSWERS_TOTAL, Counter, vec![]),
+        (
+            telemetry::TEACHER_FAILURES_TOTAL,
+            Counter,
+            vec![("reason", "timeout")],
+        ),
     ]
 }
 

@@ -46,7 +46,11 @@ impl DatasetTeacher {
         }
         let mut demos = HashMap::with_capacity(records.len());
         for (row, (rec, &uid)) in records.iter().zip(uids).enumerate() {
-            let pair = match (&rec.teacher_caption, &rec.teacher_cot, &rec.teacher_response) {
+            let pair = match (
+                &rec.teacher_caption,
+                &rec.teacher_cot,
+                &rec.teacher_response,
+            ) {
                 (Some(c), Some(t), _) if !c.trim().is_empty() && !t.trim().is_empty() => {
                     (c.clone(), t.clone())
                 }
@@ -69,7 +73,10 @@ impl DatasetTeacher {
                 }
             };
             if demos.insert(uid, pair).is_some() {
-                return Err(format!("{}: prompt uid {uid} appears twice", file.display()));
+                return Err(format!(
+                    "{}: prompt uid {uid} appears twice",
+                    file.display()
+                ));
             }
         }
         Ok(DatasetTeacher {

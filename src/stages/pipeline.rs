@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Result, StageContext, StageError, StageSummary, sft};
+use super::{Result, StageContext, StageError, StageSummary, eval, sft};
 use crate::config::{RunConfig, StageConfig, TinyPolicy};
 use crate::data::sharegpt::{self, ShareGptRecord};
 use crate::data::synth::demo::user_prompt;
@@ -63,6 +63,8 @@ pub struct PreparedData {
     pub train: PathBuf,
     /// ShareGPT held-out file.
     pub eval: Option<PathBuf>,
+    /// RL parquet of held-out prompts (the eval stage's default data).
+    pub rl_eval: Option<PathBuf>,
 }
 
 /// Generates the synthetic data into `run_dir/data` or points at the configured files.
@@ -75,6 +77,7 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
         return Ok(PreparedData {
             train,
             eval: cfg.data.eval.clone(),
+            rl_eval: None,
         });
     };
     let dir = run_dir.join("data");
@@ -110,7 +113,12 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
     } else {
         None
     };
-    Ok(PreparedData { train, eval })
+    let rl_eval = (s.eval > 0).then(|| dir.join("rl_eval.parquet"));
+    Ok(PreparedData {
+        train,
+        eval,
+        rl_eval,
+    })
 }
 
 /// Every message text of a ShareGPT file (the tokenizer's training corpus).
@@ -260,6 +268,7 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         };
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,
+            StageConfig::Eval(e) => eval::run_eval_stage(e, &ctx, &input, data.rl_eval.as_deref())?,
             other => {
                 return Err(StageError::Invalid {
                     stage: ctx.name,

@@ -9,11 +9,18 @@ CARGO = LIBTORCH="$(LIBTORCH_DIR)" cargo
 
 demo: release
 	./target/release/prism doctor
-	./target/release/prism run configs/quickstart.toml
+	@if ./target/release/prism run --help >/dev/null 2>&1; then \
+	  ./target/release/prism run configs/quickstart.toml; \
+	else \
+	  echo "make demo: the PRISM pipeline (prism run configs/quickstart.toml) is not built yet;"; \
+	  echo "only the toolchain above works so far. See README.md, Status."; \
+	  exit 1; \
+	fi
 
 test:
+	bash scripts/setup-test-tools.sh
 	$(CARGO) build --all-targets
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --lib --bins --tests -- --test-threads=2
 
 build:
 	$(CARGO) build

@@ -26,6 +26,8 @@ pub mod actors;
 pub mod algo;
 pub mod data;
 pub mod models;
+pub mod report;
 pub mod reward;
 pub mod runtime;
 pub mod stages;
+pub mod telemetry;

@@ -23,6 +23,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Datasets: generate the procedural task (`data synth`), sample images (`data samples`).
+    #[command(subcommand)]
+    Data(prism::data::cli::DataCommand),
+    /// Score a JSONL file of responses with the verifiable reward (0.8·acc + 0.2·format).
+    Score(prism::reward::cli::ScoreArgs),
+    /// Rebuild the results table and plots from run directories (several = seeds, mean ± std).
+    Report(prism::report::cli::ReportArgs),
     /// Upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a value head (PRISM discriminator).
     Upcycle(prism::models::upcycle::UpcycleArgs),
 }
@@ -54,6 +61,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", doctor.report());
             }
+        }
+        Command::Data(cmd) => prism::data::cli::run(cmd)?,
+        Command::Score(args) => {
+            prism::reward::cli::run(&args)?;
+        }
+        Command::Report(args) => {
+            prism::report::cli::run(&args)?;
         }
         Command::Upcycle(args) => prism::models::upcycle::run(&args)?,
     }

@@ -14,14 +14,19 @@
 //! is the [`KvCache`] passed in.
 
 pub mod cache;
+pub mod chat_template;
 pub mod config;
 pub mod config_json;
 pub mod error;
 pub mod generation;
+pub mod image_processor;
 pub mod layers;
 pub mod moe;
+pub mod processor;
 pub mod rope;
 pub mod text;
+pub mod tokenizer;
+pub mod tokenizer_train;
 pub mod upcycle;
 pub mod value_head;
 pub mod vision;

@@ -1,0 +1,194 @@
+//! The perception and reasoning expert actors (one actor type, two instances): score segments
+//! of the policy's responses, and train as Bradley–Terry discriminators on (teacher, student)
+//! pairs. After each update the expert publishes a snapshot on its own [`WeightsBus`]; that is
+//! the state a restarted expert restores, and the update is keyed by `expected_version` so a
+//! retried update is never applied twice.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::compute::{BusyMeter, ComputeThread};
+use super::config::DeviceSpec;
+use super::engine::{ScorerEngine, ScorerFactory};
+use super::faults::FaultInjector;
+use super::messages::{BtPair, DiscStats, Segment};
+use super::weights::WeightsBus;
+
+/// Scores and the expert version that produced them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreReply {
+    pub scores: Vec<f32>,
+    pub version: u64,
+}
+
+/// An update's stats, and whether it had already been applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BtReply {
+    pub stats: DiscStats,
+    pub duplicate: bool,
+}
+
+pub enum ExpertMsg {
+    Score(Arc<Vec<Segment>>, RpcReplyPort<ScoreReply>),
+    /// One Bradley–Terry update if the expert is at `expected_version`.
+    BtStep {
+        expected_version: u64,
+        pairs: Arc<Vec<BtPair>>,
+        reply: RpcReplyPort<BtReply>,
+    },
+    Version(RpcReplyPort<u64>),
+}
+
+pub struct ExpertActor;
+
+pub struct ExpertArgs {
+    pub name: String,
+    pub stage: String,
+    pub device: DeviceSpec,
+    pub factory: ScorerFactory,
+    /// This expert's own snapshots: published after each update, restored on restart.
+    pub weights: WeightsBus,
+    pub faults: FaultInjector,
+    pub meter: BusyMeter,
+}
+
+pub struct ExpertState {
+    name: String,
+    stage: String,
+    compute: ComputeThread<dyn ScorerEngine>,
+    weights: WeightsBus,
+    version: u64,
+    last: Option<DiscStats>,
+    faults: FaultInjector,
+}
+
+impl Actor for ExpertActor {
+    type Msg = ExpertMsg;
+    type State = ExpertState;
+    type Arguments = ExpertArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        a: ExpertArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (factory, device) = (a.factory, a.device);
+        let compute: ComputeThread<dyn ScorerEngine> =
+            ComputeThread::start(&a.name, move || factory(device), a.meter)
+                .await
+                .map_err(|e| format!("{}: {e}", a.name))?;
+        let version = match a.weights.latest() {
+            Some(snap) => {
+                let v = snap.version;
+                compute
+                    .run(move |e| e.restore(&snap))
+                    .await
+                    .map_err(|e| format!("{}: restore v{v}: {e}", a.name))?;
+                v
+            }
+            None => 0,
+        };
+        Ok(ExpertState {
+            name: a.name,
+            stage: a.stage,
+            compute,
+            weights: a.weights,
+            version,
+            last: None,
+            faults: a.faults,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ExpertMsg::Score(segments, reply) => {
+                state.faults.apply(&state.stage, "score").await?;
+                let r = score(state, segments).await?;
+                let _ = reply.send(r);
+            }
+            ExpertMsg::BtStep {
+                expected_version,
+                pairs,
+                reply,
+            } => {
+                state.faults.apply(&state.stage, "bt_step").await?;
+                let r = bt_step(state, expected_version, pairs).await?;
+                let _ = reply.send(r);
+            }
+            ExpertMsg::Version(reply) => {
+                let _ = reply.send(state.version);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn score(s: &mut ExpertState, segments: Arc<Vec<Segment>>) -> Result<ScoreReply, String> {
+    let n = segments.len();
+    let scores = s
+        .compute
+        .run(move |e| e.score(&segments))
+        .await
+        .map_err(|e| format!("{}: score: {e}", s.name))?;
+    if scores.len() != n {
+        return Err(format!(
+            "{}: engine returned {} scores for {n} segments",
+            s.name,
+            scores.len()
+        ));
+    }
+    if let Some(i) = scores.iter().position(|x| !x.is_finite()) {
+        return Err(format!("{}: score of segment {i} is {}", s.name, scores[i]));
+    }
+    Ok(ScoreReply {
+        scores,
+        version: s.version,
+    })
+}
+
+async fn bt_step(
+    s: &mut ExpertState,
+    expected: u64,
+    pairs: Arc<Vec<BtPair>>,
+) -> Result<BtReply, String> {
+    if s.version == expected + 1 {
+        let stats = s.last.clone().unwrap_or(DiscStats {
+            version: s.version,
+            ..DiscStats::default()
+        });
+        return Ok(BtReply {
+            stats,
+            duplicate: true,
+        });
+    }
+    if s.version != expected {
+        return Err(format!(
+            "{}: update expects v{expected} but the expert is at v{}",
+            s.name, s.version
+        ));
+    }
+    let next = expected + 1;
+    let (mut stats, snap) = s
+        .compute
+        .run(move |e| {
+            let stats = e.bt_step(&pairs)?;
+            let snap = e.snapshot(next)?;
+            Ok((stats, snap))
+        })
+        .await
+        .map_err(|e| format!("{}: update to v{next}: {e}", s.name))?;
+    stats.version = next;
+    s.weights.publish(Arc::new(snap));
+    s.version = next;
+    s.last = Some(stats.clone());
+    Ok(BtReply {
+        stats,
+        duplicate: false,
+    })
+}

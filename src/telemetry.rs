@@ -1,0 +1,200 @@
+//! Metric names, their descriptions, and the Prometheus exporter. Every name starts `prism_`
+//! and carries its unit; labels are `stage`, `actor`, `device` (and `queue` for queues).
+//! Metrics are recorded with the `metrics` crate's macros anywhere in the crate; nothing is
+//! exported until [`install_prometheus`] sets the global recorder (without it the macros are
+//! no-ops, which is what tests get).
+
+use std::net::SocketAddr;
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use thiserror::Error;
+
+/// Fraction of wall time an actor spends inside engine compute, since it first started.
+pub const ACTOR_BUSY_RATIO: &str = "prism_actor_busy_ratio";
+/// Seconds an actor has spent inside engine compute.
+pub const ACTOR_BUSY_SECONDS: &str = "prism_actor_busy_seconds";
+/// Duration of each engine call.
+pub const ACTOR_JOB_SECONDS: &str = "prism_actor_job_seconds";
+/// Batches waiting in a bounded queue between pipeline phases.
+pub const QUEUE_DEPTH: &str = "prism_queue_depth_batches";
+/// Rollouts produced.
+pub const ROLLOUTS_TOTAL: &str = "prism_rollouts_total";
+/// Response tokens produced.
+pub const GENERATED_TOKENS_TOTAL: &str = "prism_generated_tokens_total";
+/// Rollouts per second over the last step.
+pub const ROLLOUTS_PER_SECOND: &str = "prism_rollouts_per_second";
+/// Response tokens per second over the last step.
+pub const TOKENS_PER_SECOND: &str = "prism_generated_tokens_per_second";
+/// Learner version at training time minus the version that generated the rollout.
+pub const STALENESS: &str = "prism_rollout_staleness_versions";
+/// Seconds a generator spends loading a new weights version.
+pub const WEIGHT_SYNC_SECONDS: &str = "prism_weight_sync_seconds";
+/// Actor restarts by the supervisor.
+pub const ACTOR_RESTARTS_TOTAL: &str = "prism_actor_restarts_total";
+/// Requests that passed their deadline (the actor is reported stuck).
+pub const DEADLINE_EXCEEDED_TOTAL: &str = "prism_actor_deadline_exceeded_total";
+/// Faults injected by the fault-injection config.
+pub const FAULTS_INJECTED_TOTAL: &str = "prism_faults_injected_total";
+/// Latest policy version published by the learner.
+pub const POLICY_VERSION: &str = "prism_policy_version";
+/// Wall seconds per training step.
+pub const STEP_SECONDS: &str = "prism_step_seconds";
+/// Training steps completed.
+pub const STEPS_TOTAL: &str = "prism_steps_total";
+/// Teacher-client cache hits and misses.
+pub const TEACHER_CACHE_HITS_TOTAL: &str = "prism_teacher_cache_hits_total";
+pub const TEACHER_CACHE_MISSES_TOTAL: &str = "prism_teacher_cache_misses_total";
+
+/// Errors of the exporter set-up.
+#[derive(Debug, Error)]
+pub enum TelemetryError {
+    #[error("cannot start the Prometheus exporter on {addr}: {source}")]
+    Install {
+        addr: SocketAddr,
+        #[source]
+        source: BuildError,
+    },
+}
+
+/// Every metric name above, for checks that dashboards and docs name only real series.
+pub const ALL: &[&str] = &[
+    ACTOR_BUSY_RATIO,
+    ACTOR_BUSY_SECONDS,
+    ACTOR_JOB_SECONDS,
+    QUEUE_DEPTH,
+    ROLLOUTS_TOTAL,
+    GENERATED_TOKENS_TOTAL,
+    ROLLOUTS_PER_SECOND,
+    TOKENS_PER_SECOND,
+    STALENESS,
+    WEIGHT_SYNC_SECONDS,
+    ACTOR_RESTARTS_TOTAL,
+    DEADLINE_EXCEEDED_TOTAL,
+    FAULTS_INJECTED_TOTAL,
+    POLICY_VERSION,
+    STEP_SECONDS,
+    STEPS_TOTAL,
+    TEACHER_CACHE_HITS_TOTAL,
+    TEACHER_CACHE_MISSES_TOTAL,
+];
+
+/// The `stage`, `actor`, `device` labels of an actor's metrics.
+pub fn actor_labels(stage: &str, actor: &str, device: &str) -> Vec<metrics::Label> {
+    vec![
+        metrics::Label::new("stage", stage.to_string()),
+        metrics::Label::new("actor", actor.to_string()),
+        metrics::Label::new("device", device.to_string()),
+    ]
+}
+
+/// Registers unit and help text of every metric with the current recorder.
+pub fn describe_all() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        ACTOR_BUSY_RATIO,
+        "Fraction (0 to 1) of wall time the actor spends inside engine compute"
+    );
+    describe_gauge!(
+        ACTOR_BUSY_SECONDS,
+        Unit::Seconds,
+        "Seconds the actor has spent inside engine compute"
+    );
+    describe_histogram!(
+        ACTOR_JOB_SECONDS,
+        Unit::Seconds,
+        "Duration of each engine call"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Batches waiting in a bounded queue between pipeline phases"
+    );
+    describe_counter!(ROLLOUTS_TOTAL, Unit::Count, "Rollouts produced");
+    describe_counter!(
+        GENERATED_TOKENS_TOTAL,
+        Unit::Count,
+        "Response tokens produced"
+    );
+    describe_gauge!(
+        ROLLOUTS_PER_SECOND,
+        Unit::CountPerSecond,
+        "Rollouts per second over the last step"
+    );
+    describe_gauge!(
+        TOKENS_PER_SECOND,
+        Unit::CountPerSecond,
+        "Response tokens per second over the last step"
+    );
+    describe_histogram!(
+        STALENESS,
+        Unit::Count,
+        "Policy versions between the rollout's generator weights and the learner at training"
+    );
+    describe_histogram!(
+        WEIGHT_SYNC_SECONDS,
+        Unit::Seconds,
+        "Seconds to load a new weights version"
+    );
+    describe_counter!(
+        ACTOR_RESTARTS_TOTAL,
+        Unit::Count,
+        "Actor restarts by the supervisor"
+    );
+    describe_counter!(
+        DEADLINE_EXCEEDED_TOTAL,
+        Unit::Count,
+        "Requests that passed their deadline (actor reported stuck)"
+    );
+    describe_counter!(
+        FAULTS_INJECTED_TOTAL,
+        Unit::Count,
+        "Faults injected by config"
+    );
+    describe_gauge!(
+        POLICY_VERSION,
+        Unit::Count,
+        "Latest policy version published by the learner"
+    );
+    describe_histogram!(
+        STEP_SECONDS,
+        Unit::Seconds,
+        "Wall seconds per training step"
+    );
+    describe_counter!(STEPS_TOTAL, Unit::Count, "Training steps completed");
+    describe_counter!(
+        TEACHER_CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Teacher demonstrations served from the cache"
+    );
+    describe_counter!(
+        TEACHER_CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "Teacher demonstrations requested from the backend"
+    );
+}
+
+/// Installs the global Prometheus recorder with an HTTP listener on `addr` (use 127.0.0.1 unless
+/// you mean to expose it) and describes every metric. Must run inside a tokio runtime or it
+/// starts its own thread. Call once per process.
+pub fn install_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
+    let err = |source| TelemetryError::Install { addr, source };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full(STALENESS.to_string()),
+            &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0],
+        )
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_string()),
+            &[
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ],
+        )
+        .map_err(err)?
+        .install()
+        .map_err(err)?;
+    describe_all();
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Shared helpers of the actor tests: a small config, stage spec and a recording checkpoint hook.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use prism::actors::config::{DeviceSpec, FaultRule};
+use prism::actors::messages::{SamplingParams, StageKind};
+use prism::actors::{ActorsConfig, CheckpointHook, StageCheckpoint, StageSpec};
+
+/// A config with `gens` CPU generators, staleness `k` and short deadlines.
+pub fn config(gens: usize, k: u64) -> ActorsConfig {
+    let mut c = ActorsConfig::default();
+    c.placement.generators = vec![DeviceSpec::Cpu; gens];
+    c.max_staleness = k;
+    c.deadlines.generate_secs = 20.0;
+    c.deadlines.learn_secs = 20.0;
+    c.deadlines.restart_secs = 20.0;
+    c.deadlines.drain_secs = 30.0;
+    c.supervision.max_failures = 8;
+    c.supervision.window_secs = 60.0;
+    c
+}
+
+pub fn spec(kind: StageKind, steps: u64, prompts_per_step: usize, n: usize) -> StageSpec {
+    StageSpec {
+        name: kind.as_str().to_string(),
+        kind,
+        steps,
+        prompts_per_step,
+        samples_per_prompt: n,
+        sampling: SamplingParams {
+            max_new_tokens: 8,
+            ..SamplingParams::default()
+        },
+        start_cursor: 0,
+        initial_policy_version: 0,
+    }
+}
+
+pub fn fault(actor: &str, mode: prism::actors::FaultMode, after: u64, max: u64) -> FaultRule {
+    FaultRule {
+        actor: actor.into(),
+        mode,
+        rate: 1.0,
+        after,
+        max_faults: Some(max),
+        hang_secs: 60.0,
+    }
+}
+
+/// Records every checkpoint it is given.
+#[derive(Default)]
+pub struct Recorder {
+    pub seen: Mutex<Vec<StageCheckpoint>>,
+}
+
+impl CheckpointHook for Recorder {
+    fn checkpoint(&self, c: &StageCheckpoint) -> Result<(), String> {
+        self.seen.lock().unwrap().push(c.clone());
+        Ok(())
+    }
+}
+
+pub fn recorder() -> Arc<Recorder> {
+    Arc::new(Recorder::default())
+}

@@ -322,6 +322,38 @@ fn sampling_is_seeded_per_request_and_logprobs_are_behavioural() {
     )
     .unwrap();
     assert_ne!(a, other, "another seed should change something");
+    // Per-row seeds: row 1 alone (batch of one) samples what it sampled as row 1 of the batch.
+    let seeds = GenerationConfig {
+        row_seeds: Some(vec![11, 22]),
+        ..cfg.clone()
+    };
+    let both = generation::generate(&m, &i, &seeds).unwrap();
+    let row1 = ModelInputs::text(
+        i.input_ids.narrow(0, 1, 1),
+        i.attention_mask.narrow(0, 1, 1),
+    )
+    .with_images(
+        i.pixel_values.as_ref().unwrap().narrow(0, 24, 16),
+        i.image_grid_thw.as_ref().unwrap().narrow(0, 1, 1),
+    );
+    let alone = GenerationConfig {
+        row_seeds: Some(vec![22]),
+        ..cfg.clone()
+    };
+    let one = generation::generate(&m, &row1, &alone).unwrap();
+    // Same tokens; log-probs equal up to batched-vs-single float rounding.
+    assert_eq!(
+        one[0].token_ids, both[1].token_ids,
+        "per-row seed: batch-independent"
+    );
+    for (a, b) in one[0].logprobs.iter().zip(&both[1].logprobs) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let bad = GenerationConfig {
+        row_seeds: Some(vec![1]),
+        ..cfg.clone()
+    };
+    assert!(generation::generate(&m, &i, &bad).is_err());
     // Behaviour log-probs: recompute the filtered distribution from a full forward.
     let (_, s) = i.input_ids.size2().unwrap();
     for (row, o) in a.iter().enumerate() {

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ModelError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// Kept in the message rather than as `source`, so that `{:#}` chains do not repeat it.
+        error: std::io::Error,
     },
     /// A configuration field is missing, unknown, of the wrong type, or has an unsupported value.
     #[error("{file}: config field `{field}`: {reason}")]
@@ -43,17 +43,25 @@ pub enum ModelError {
     Input { field: String, reason: String },
     /// A libtorch call failed.
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for ModelError {
+    /// The libtorch message goes into this error's own text (not `source`, which would repeat it
+    /// in `{:#}` chains).
+    fn from(e: tch::TchError) -> Self {
+        ModelError::Torch(e)
+    }
 }
 
 /// Result alias of the model core.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

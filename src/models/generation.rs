@@ -41,6 +41,9 @@ pub struct GenerationConfig {
     pub suppress_token_ids: Vec<i64>,
     /// Base seed; row r uses its own RNG seeded from `(seed, r)`.
     pub seed: u64,
+    /// Per-row seeds (one per batch row), overriding `seed`: a request then samples the same
+    /// way whichever batch and row it lands in.
+    pub row_seeds: Option<Vec<u64>>,
 }
 
 impl Default for GenerationConfig {
@@ -51,6 +54,7 @@ impl Default for GenerationConfig {
             stop_token_ids: Vec::new(),
             suppress_token_ids: Vec::new(),
             seed: 0,
+            row_seeds: None,
         }
     }
 }
@@ -224,7 +228,16 @@ pub fn generate(
             stop_reason: StopReason::Length,
         })
         .collect();
-    let mut rngs: Vec<StdRng> = (0..b as usize).map(|r| row_rng(cfg.seed, r)).collect();
+    let mut rngs: Vec<StdRng> = match &cfg.row_seeds {
+        None => (0..b as usize).map(|r| row_rng(cfg.seed, r)).collect(),
+        Some(seeds) if seeds.len() == b as usize => seeds.iter().map(|&s| row_rng(s, 0)).collect(),
+        Some(seeds) => {
+            return Err(ModelError::input(
+                "row_seeds",
+                format!("{} seeds for a batch of {b}", seeds.len()),
+            ));
+        }
+    };
     let mut active: Vec<usize> = (0..b as usize).collect();
     if max_new == 0 {
         return Ok(outputs);

@@ -4,8 +4,10 @@
 //! `var_store().trainable_variables()` is what training optimises), merges image/video
 //! embeddings into the text sequence at the image/video token ids, injects deepstack features
 //! after the first decoder layers, and attaches the LM head and/or the value head. The blocks
-//! live in their own files: [`config`], [`weights`] (safetensors I/O), [`vision`], [`text`],
-//! [`moe`], [`rope`], [`value_head`], [`cache`], [`generation`], [`upcycle`].
+//! live in their own files: [`config`] (+ [`config_json`]), [`weights`] (safetensors I/O),
+//! [`layers`], [`vision`], [`text`], [`moe`], [`rope`], [`value_head`], [`cache`],
+//! [`generation`], [`upcycle`]. Tokenizer, chat template and image preprocessing are separate
+//! modules of this directory.
 //!
 //! Axis convention: `[B, S]` token tensors, `[B, S, D]` hidden, `[B, S, V]` logits, `[B, S]`
 //! values, `[3, B, S]` M-RoPE positions. Weights are immutable in `forward`; per-sequence state

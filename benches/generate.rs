@@ -80,6 +80,7 @@ fn tokens_per_s(model: &Qwen3Vl, batch: usize, reps: usize) -> f64 {
         stop_token_ids: Vec::new(), // no early stop
         suppress_token_ids: Vec::new(),
         seed: 0,
+        row_seeds: None,
     };
     let run = || {
         let t0 = Instant::now();

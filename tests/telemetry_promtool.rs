@@ -208,6 +208,7 @@ async fn scrape_passes_promtool_check_metrics() {
         }
         let sample = match kind {
             Kind::Histogram => format!("{name}_bucket{{"),
+            _ if labels.is_empty() => format!("{name} "),
             _ => format!("{name}{{"),
         };
         let line = body

@@ -143,6 +143,7 @@ pub fn generation_config(
             .collect(),
         suppress_token_ids: Vec::new(),
         seed,
+        row_seeds: None,
     }
 }
 

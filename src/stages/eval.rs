@@ -602,6 +602,72 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, EvalError> {
     Ok(ev.report)
 }
 
+/// The pipeline's `eval` stage: evaluates the incoming checkpoint `input` on `cfg.data` (or the
+/// synthetic `default_data`), writes `report.json`, `responses.jsonl` and `table.txt` into
+/// `run_dir/<name>/`, prints the table, and passes `input` on unchanged.
+pub fn run_eval_stage(
+    cfg: &crate::config::EvalStageConfig,
+    ctx: &super::StageContext,
+    input: &Path,
+    default_data: Option<&Path>,
+) -> super::Result<super::StageSummary> {
+    let started = std::time::Instant::now();
+    let invalid = |message: String| super::StageError::Invalid {
+        stage: ctx.name.clone(),
+        message,
+    };
+    let data = cfg
+        .data
+        .as_deref()
+        .or(default_data)
+        .ok_or_else(|| invalid("no evaluation data".into()))?;
+    let processor =
+        crate::models::generate_cli::load_processor(input).map_err(|e| invalid(e.to_string()))?;
+    let model = Qwen3Vl::load(input, ctx.device, ctx.kind)?;
+    let records = rl_parquet::read(data, ReadOptions::default())?.records;
+    let opts = EvalOptions {
+        batch_size: cfg.batch_size,
+        limit: cfg.limit,
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: Sampling::Greedy,
+        seed: ctx.seed,
+    };
+    let evaluation = tch::no_grad(|| evaluate(&model, &processor, &records, data, &opts))
+        .map_err(|e| invalid(e.to_string()))?;
+    let dir = ctx.stage_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| super::StageError::io(&dir, e))?;
+    let table = render_table(&evaluation.report);
+    let report_json = serde_json::to_vec_pretty(&evaluation.report)
+        .map_err(|e| invalid(format!("report.json: {e}")))?;
+    for (file, bytes) in [
+        ("report.json", report_json),
+        ("table.txt", table.clone().into_bytes()),
+    ] {
+        let path = dir.join(file);
+        crate::report::atomic_write(&path, &bytes).map_err(|e| invalid(e.to_string()))?;
+    }
+    write_responses(&dir.join("responses.jsonl"), &evaluation.items)
+        .map_err(|e| invalid(e.to_string()))?;
+    println!(
+        "{} on {} ({} items):\n{table}",
+        ctx.name,
+        data.display(),
+        evaluation.report.n
+    );
+    Ok(super::StageSummary {
+        name: ctx.name.clone(),
+        kind: "eval".into(),
+        output: input.to_path_buf(),
+        steps: 0,
+        skipped_steps: 0,
+        first_loss: None,
+        last_loss: None,
+        first_eval_loss: None,
+        last_eval_loss: None,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,70 +768,4 @@ mod tests {
         assert_eq!(m[0].role, "system");
         assert_eq!(m[1].num_images(), 1);
     }
-}
-
-/// The pipeline's `eval` stage: evaluates the incoming checkpoint `input` on `cfg.data` (or the
-/// synthetic `default_data`), writes `report.json`, `responses.jsonl` and `table.txt` into
-/// `run_dir/<name>/`, prints the table, and passes `input` on unchanged.
-pub fn run_eval_stage(
-    cfg: &crate::config::EvalStageConfig,
-    ctx: &super::StageContext,
-    input: &Path,
-    default_data: Option<&Path>,
-) -> super::Result<super::StageSummary> {
-    let started = std::time::Instant::now();
-    let invalid = |message: String| super::StageError::Invalid {
-        stage: ctx.name.clone(),
-        message,
-    };
-    let data = cfg
-        .data
-        .as_deref()
-        .or(default_data)
-        .ok_or_else(|| invalid("no evaluation data".into()))?;
-    let processor =
-        crate::models::generate_cli::load_processor(input).map_err(|e| invalid(e.to_string()))?;
-    let model = Qwen3Vl::load(input, ctx.device, ctx.kind)?;
-    let records = rl_parquet::read(data, ReadOptions::default())?.records;
-    let opts = EvalOptions {
-        batch_size: cfg.batch_size,
-        limit: cfg.limit,
-        max_new_tokens: cfg.max_new_tokens,
-        sampling: Sampling::Greedy,
-        seed: ctx.seed,
-    };
-    let evaluation = tch::no_grad(|| evaluate(&model, &processor, &records, data, &opts))
-        .map_err(|e| invalid(e.to_string()))?;
-    let dir = ctx.stage_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| super::StageError::io(&dir, e))?;
-    let table = render_table(&evaluation.report);
-    let report_json = serde_json::to_vec_pretty(&evaluation.report)
-        .map_err(|e| invalid(format!("report.json: {e}")))?;
-    for (file, bytes) in [
-        ("report.json", report_json),
-        ("table.txt", table.clone().into_bytes()),
-    ] {
-        let path = dir.join(file);
-        crate::report::atomic_write(&path, &bytes).map_err(|e| invalid(e.to_string()))?;
-    }
-    write_responses(&dir.join("responses.jsonl"), &evaluation.items)
-        .map_err(|e| invalid(e.to_string()))?;
-    println!(
-        "{} on {} ({} items):\n{table}",
-        ctx.name,
-        data.display(),
-        evaluation.report.n
-    );
-    Ok(super::StageSummary {
-        name: ctx.name.clone(),
-        kind: "eval".into(),
-        output: input.to_path_buf(),
-        steps: 0,
-        skipped_steps: 0,
-        first_loss: None,
-        last_loss: None,
-        first_eval_loss: None,
-        last_eval_loss: None,
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }

@@ -24,14 +24,17 @@ for b in reward synth overlap; do
   run "$b" cargo bench --quiet --bench "$b"
 done
 
-if [ -f benches/generate.rs ]; then
-  py=$(bash scripts/setup-fixture-python.sh | tail -n 1)
-  cache="${PRISM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/prism}"
-  model="$cache/bench/qwen3vl-100m"
-  mkdir -p "$cache/bench"
-  run torch_reference "$py" benches/torch_reference.py --model-dir "$model" --threads "$PRISM_BENCH_THREADS"
-  run generate_tiny env PRISM_BENCH_MODEL_DIR=tests/fixtures/qwen3_vl/tiny-qwen3-vl \
-    cargo bench --quiet --bench generate
-  run generate_100m env PRISM_BENCH_MODEL_DIR="$model" cargo bench --quiet --bench generate
-fi
+# Generation: prism (eager attention, as transformers is timed, and SDPA) against transformers'
+# generate() on the same weights: the tiny fixture and a seeded random 142M Qwen3-VL that
+# torch_reference.py builds into the bench cache. Also the PyTorch eager SFT loop.
+py=$(bash scripts/setup-fixture-python.sh | tail -n 1)
+cache="${PRISM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/prism}"
+tiny=tests/fixtures/qwen3_vl/tiny-qwen3-vl
+big="$cache/bench/qwen3vl-100m"
+mkdir -p "$cache/bench"
+run torch_reference_142m "$py" benches/torch_reference.py --model-dir "$big" --threads "$PRISM_BENCH_THREADS"
+run torch_reference_tiny "$py" benches/torch_reference.py --model-dir "$tiny" --vocab 400 --threads "$PRISM_BENCH_THREADS"
+for attn in eager sdpa; do
+  run "generate_$attn" env PRISM_BENCH_ATTN=$attn cargo bench --quiet --bench generate -- "$tiny" "$big"
+done
 echo "results in $out/"

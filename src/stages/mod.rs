@@ -8,6 +8,7 @@
 pub mod eval;
 pub mod metrics_log;
 pub mod pipeline;
+pub mod prompts;
 pub mod sft;
 
 use std::path::{Path, PathBuf};

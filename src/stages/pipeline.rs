@@ -65,6 +65,10 @@ pub struct PreparedData {
     pub eval: Option<PathBuf>,
     /// RL parquet of held-out prompts (the eval stage's default data).
     pub rl_eval: Option<PathBuf>,
+    /// RL parquet of training prompts with teacher columns (align and rlvr's default data).
+    pub rl_train: Option<PathBuf>,
+    /// Warm-up pairs JSONL, teacher vs public segments (the warmup stage's default data).
+    pub warmup: Option<PathBuf>,
 }
 
 /// Generates the synthetic data into `run_dir/data` or points at the configured files.
@@ -78,6 +82,8 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
             train,
             eval: cfg.data.eval.clone(),
             rl_eval: None,
+            rl_train: None,
+            warmup: None,
         });
     };
     let dir = run_dir.join("data");
@@ -118,6 +124,8 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
         train,
         eval,
         rl_eval,
+        rl_train: Some(dir.join("rl_train.parquet")),
+        warmup: Some(dir.join("warmup_pairs.jsonl")),
     })
 }
 

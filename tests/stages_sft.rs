@@ -72,6 +72,10 @@ fn ctx(name: &str) -> StageContext {
         seed: 3,
         train_file: Some(s.data.train.clone()),
         eval_file: s.data.eval.clone(),
+        rl_train_file: s.data.rl_train.clone(),
+        rl_eval_file: s.data.rl_eval.clone(),
+        warmup_file: s.data.warmup.clone(),
+        experts: None,
     }
 }
 

@@ -658,6 +658,7 @@ pub fn run_eval_stage(
         name: ctx.name.clone(),
         kind: "eval".into(),
         output: input.to_path_buf(),
+        experts: None,
         steps: 0,
         skipped_steps: 0,
         first_loss: None,

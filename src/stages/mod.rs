@@ -86,6 +86,15 @@ pub struct StageContext {
     pub train_file: Option<PathBuf>,
     /// Default held-out file (ShareGPT JSONL).
     pub eval_file: Option<PathBuf>,
+    /// Default RL prompts with teacher columns (RL parquet): align and rlvr.
+    pub rl_train_file: Option<PathBuf>,
+    /// Default held-out RL prompts (RL parquet): eval.
+    pub rl_eval_file: Option<PathBuf>,
+    /// Default warm-up pairs (JSONL): warmup.
+    pub warmup_file: Option<PathBuf>,
+    /// The experts' folder written by the latest earlier stage that trained experts (warmup or
+    /// align), if any: align starts its experts from it.
+    pub experts: Option<PathBuf>,
 }
 
 impl StageContext {
@@ -102,6 +111,9 @@ pub struct StageSummary {
     pub kind: String,
     /// The output checkpoint (next stage's input).
     pub output: PathBuf,
+    /// The experts' folder this stage wrote (warmup, align), for the stages after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<PathBuf>,
     /// Steps run (skipped ones included).
     pub steps: u64,
     /// Non-finite steps skipped.

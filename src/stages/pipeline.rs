@@ -263,7 +263,8 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
             });
         }
     };
-    let mut out = Vec::new();
+    let mut out: Vec<StageSummary> = Vec::new();
+    let mut experts: Option<PathBuf> = None;
     for (i, st) in cfg.stages.iter().enumerate() {
         let ctx = StageContext {
             run_dir: run_dir.clone(),
@@ -273,6 +274,10 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
             seed: cfg.run.seed,
             train_file: Some(data.train.clone()),
             eval_file: data.eval.clone(),
+            rl_train_file: data.rl_train.clone(),
+            rl_eval_file: data.rl_eval.clone(),
+            warmup_file: data.warmup.clone(),
+            experts: experts.clone(),
         };
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,
@@ -286,6 +291,9 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         };
         tracing::info!("{summary}");
         input = summary.output.clone();
+        if summary.experts.is_some() {
+            experts = summary.experts.clone();
+        }
         out.push(summary);
     }
     Ok(out)

@@ -60,7 +60,11 @@ impl PromptStore {
     }
 
     /// Builds the store from records already read from `file` (named in errors).
-    pub fn from_records(processor: &Processor, records: Vec<RlRecord>, file: &Path) -> Result<Self> {
+    pub fn from_records(
+        processor: &Processor,
+        records: Vec<RlRecord>,
+        file: &Path,
+    ) -> Result<Self> {
         if records.is_empty() {
             return Err(StageError::Invalid {
                 stage: "data".into(),

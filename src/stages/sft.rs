@@ -722,6 +722,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         name: stage,
         kind: "sft".into(),
         output: final_dir,
+        experts: None,
         steps: cfg.steps,
         skipped_steps: skipped,
         first_loss: mean(&losses[..k]),

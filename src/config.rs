@@ -52,8 +52,63 @@ pub struct RunConfig {
     pub policy: PolicySection,
     /// Actor placement and supervision, used by the actor-based stages (align, rlvr).
     pub actors: ActorsConfig,
-    /// The stages, run in order; each stage's output checkpoint is the next one's input.
+    /// The stages, run in order; each stage's output checkpoint is the next one's input
+    /// unless its `from` names an earlier stage.
     pub stages: Vec<StageConfig>,
+    /// The `from` and `arm` keys of each `[[stages]]` entry (one per stage; taken out of the
+    /// stage tables before they are deserialised, written back by [`RunConfig::to_toml`]).
+    #[serde(skip)]
+    pub graph: Vec<StageLink>,
+}
+
+/// Where a stage takes its input from and which comparison arm it belongs to: the keys
+/// `from = "<earlier stage name>"` and `arm = "<label>"` that every `[[stages]]` entry may carry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StageLink {
+    /// Input: the output of this earlier stage (default: the previous stage, or the initial
+    /// policy for the first).
+    pub from: Option<String>,
+    /// Comparison arm (default: the arm of the input stage, `prism` for the first).
+    pub arm: Option<String>,
+}
+
+/// The arm of stages that name none and follow no stage.
+pub const DEFAULT_ARM: &str = "prism";
+
+/// Takes the `from` / `arm` keys out of every `[[stages]]` table.
+fn take_stage_links(table: &mut toml::Table) -> Result<Vec<StageLink>, String> {
+    let Some(toml::Value::Array(stages)) = table.get_mut("stages") else {
+        return Ok(Vec::new());
+    };
+    let mut links = Vec::with_capacity(stages.len());
+    for (i, st) in stages.iter_mut().enumerate() {
+        let mut link = StageLink::default();
+        if let toml::Value::Table(t) = st {
+            for (key, slot) in [("from", &mut link.from), ("arm", &mut link.arm)] {
+                match t.remove(key) {
+                    None => {}
+                    Some(toml::Value::String(v)) => *slot = Some(v),
+                    Some(other) => {
+                        return Err(format!(
+                            "`stages.{i}.{key}`: expected a stage name string, got {}",
+                            other.type_str()
+                        ));
+                    }
+                }
+            }
+        }
+        links.push(link);
+    }
+    Ok(links)
+}
+
+/// Seeds of `[run] seeds` (the run repeated once per seed), or the single `[run] seed`.
+fn seeds_of(run: &RunSection) -> Vec<u64> {
+    if run.seeds.is_empty() {
+        vec![run.seed]
+    } else {
+        run.seeds.clone()
+    }
 }
 
 /// `[run]`.
@@ -64,6 +119,9 @@ pub struct RunSection {
     pub out_dir: PathBuf,
     /// Seed of model init, data order and everything else random in the run.
     pub seed: u64,
+    /// Repeat the whole run once per seed (each in `out_dir/seed-<s>/`) and report mean ± std
+    /// over them; empty = one run with `seed`.
+    pub seeds: Vec<u64>,
     /// libtorch intra-op threads; 0 keeps libtorch's default.
     pub threads: usize,
     /// `"cpu"` or `"cuda:N"`.
@@ -79,6 +137,7 @@ impl Default for RunSection {
         RunSection {
             out_dir: PathBuf::from("runs/prism"),
             seed: 0,
+            seeds: Vec::new(),
             threads: 0,
             device: "cpu".into(),
             dtype: "float32".into(),
@@ -222,6 +281,9 @@ pub struct EvalStageConfig {
     pub name: Option<String>,
     /// RL parquet to evaluate on. Default: the synthetic data's `rl_eval.parquet`.
     pub data: Option<PathBuf>,
+    /// Row label in the results table. Default: the name of the evaluated stage (`init` for
+    /// the initial policy).
+    pub label: Option<String>,
     /// Evaluate only the first `limit` records (all when unset).
     pub limit: Option<usize>,
     /// Prompts generated together (left-padded, greedy).
@@ -235,6 +297,7 @@ impl Default for EvalStageConfig {
         EvalStageConfig {
             name: None,
             data: None,
+            label: None,
             limit: None,
             batch_size: 8,
             max_new_tokens: 256,
@@ -389,24 +452,85 @@ impl RunConfig {
                 message,
             })?;
         }
-        let cfg: RunConfig = RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-            // without overrides, parsing the text itself gives the error its line and column
-            let message = match (overrides.is_empty(), toml::from_str::<RunConfig>(text)) {
-                (true, Err(spanned)) => spanned.to_string(),
-                _ => e.to_string(),
-            };
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            }
+        let graph = take_stage_links(&mut table).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
         })?;
+        let mut cfg: RunConfig =
+            RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+                // without overrides or stage links, parsing the text itself gives the error its
+                // line and column
+                let plain =
+                    overrides.is_empty() && graph.iter().all(|l| *l == StageLink::default());
+                let message = match (plain, toml::from_str::<RunConfig>(text)) {
+                    (true, Err(spanned)) => spanned.to_string(),
+                    _ => e.to_string(),
+                };
+                ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                }
+            })?;
+        cfg.graph = graph;
+        cfg.graph.resize(cfg.stages.len(), StageLink::default());
         cfg.validate(path)?;
         Ok(cfg)
     }
 
-    /// The resolved configuration as TOML.
+    /// The resolved configuration as TOML (stage links written back into their stages).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string(self)
+        let mut value = toml::Table::try_from(self)?;
+        if let Some(toml::Value::Array(stages)) = value.get_mut("stages") {
+            for (st, link) in stages.iter_mut().zip(&self.graph) {
+                if let toml::Value::Table(t) = st {
+                    if let Some(f) = &link.from {
+                        t.insert("from".into(), toml::Value::String(f.clone()));
+                    }
+                    if let Some(a) = &link.arm {
+                        t.insert("arm".into(), toml::Value::String(a.clone()));
+                    }
+                }
+            }
+        }
+        toml::to_string(&value)
+    }
+
+    /// The seeds the run is repeated with (one element unless `[run] seeds` is set).
+    pub fn seeds(&self) -> Vec<u64> {
+        seeds_of(&self.run)
+    }
+
+    /// Index of the stage whose output stage `i` takes as input; `None` = the initial policy.
+    pub fn input_of(&self, i: usize) -> Option<usize> {
+        match self.graph.get(i).and_then(|l| l.from.as_deref()) {
+            Some(name) => (0..i).find(|&j| self.stage_name(j) == name),
+            None => i.checked_sub(1),
+        }
+    }
+
+    /// The comparison arm of stage `i` (explicit, else its input stage's, else `prism`).
+    pub fn arm_of(&self, i: usize) -> String {
+        if let Some(a) = self.graph.get(i).and_then(|l| l.arm.clone()) {
+            return a;
+        }
+        match self.input_of(i) {
+            Some(j) => self.arm_of(j),
+            None => DEFAULT_ARM.to_string(),
+        }
+    }
+
+    /// The results-table label of eval stage `i`: its `label`, else the name of the stage it
+    /// evaluates (`init` for the initial policy).
+    pub fn eval_label(&self, i: usize) -> String {
+        if let StageConfig::Eval(e) = &self.stages[i]
+            && let Some(l) = &e.label
+        {
+            return l.clone();
+        }
+        match self.input_of(i) {
+            Some(j) => self.stage_name(j),
+            None => "init".to_string(),
+        }
     }
 
     /// The `[run] device` as a tch device.
@@ -476,6 +600,10 @@ impl RunConfig {
                     r.metrics_addr
                 ),
             ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = r.seeds.iter().find(|s| !seen.insert(**s)) {
+            return Err(bad("run.seeds", format!("seed {dup} is given twice")));
         }
         if r.out_dir.as_os_str().is_empty() {
             return Err(bad("run.out_dir", "must not be empty".into()));
@@ -638,6 +766,28 @@ impl RunConfig {
             }
             if !names.insert(name.clone()) {
                 return Err(bad(&key("name"), format!("{name:?} is used twice")));
+            }
+            if let Some(link) = self.graph.get(i) {
+                if let Some(from) = &link.from
+                    && !(0..i).any(|j| self.stage_name(j) == *from)
+                {
+                    let earlier: Vec<String> = (0..i).map(|j| self.stage_name(j)).collect();
+                    return Err(bad(
+                        &key("from"),
+                        format!("{from:?} is not an earlier stage (earlier: {earlier:?})"),
+                    ));
+                }
+                if let Some(arm) = &link.arm
+                    && (arm.is_empty()
+                        || !arm
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                {
+                    return Err(bad(
+                        &key("arm"),
+                        format!("{arm:?}: use letters, digits, '-' and '_' only"),
+                    ));
+                }
             }
             let s = match st {
                 StageConfig::Sft(s) => s,

@@ -181,3 +181,67 @@ fn missing_file_is_named() {
         .to_string();
     assert!(e.contains("no/such/run.toml"), "{e}");
 }
+
+const ARMS: &str = r#"
+[run]
+seeds = [1, 2]
+[data.synth]
+[policy.tiny]
+[[stages]]
+kind = "eval"
+[[stages]]
+kind = "sft"
+name = "sft"
+[[stages]]
+kind = "eval"
+name = "eval-sft"
+[[stages]]
+kind = "sft"
+name = "more"
+[[stages]]
+kind = "sft"
+name = "other"
+from = "sft"
+arm = "baseline"
+[[stages]]
+kind = "eval"
+name = "eval-other"
+label = "final"
+"#;
+
+#[test]
+fn stage_links_choose_inputs_and_arms() {
+    let cfg = parse(ARMS, &[]).unwrap();
+    assert_eq!(cfg.seeds(), vec![1, 2]);
+    // default chain: the previous stage; `from` jumps back to a named one
+    assert_eq!(cfg.input_of(0), None);
+    assert_eq!(cfg.input_of(3), Some(2));
+    assert_eq!(cfg.input_of(4), Some(1));
+    assert_eq!(cfg.input_of(5), Some(4));
+    // arms are inherited along the input chain
+    assert_eq!(cfg.arm_of(3), "prism");
+    assert_eq!(cfg.arm_of(4), "baseline");
+    assert_eq!(cfg.arm_of(5), "baseline");
+    // eval rows are labelled by what they evaluate unless labelled explicitly
+    assert_eq!(cfg.eval_label(0), "init");
+    assert_eq!(cfg.eval_label(2), "sft");
+    assert_eq!(cfg.eval_label(5), "final");
+    // the links survive the resolved config
+    let again =
+        RunConfig::from_toml_str(&cfg.to_toml().unwrap(), Path::new("r.toml"), &[]).unwrap();
+    assert_eq!(again, cfg);
+}
+
+#[test]
+fn bad_stage_links_are_named() {
+    let e = err(&ARMS.replace("from = \"sft\"", "from = \"later\""), &[]);
+    assert!(e.contains("stages.4.from") && e.contains("later"), "{e}");
+    let e = err(&ARMS.replace("from = \"sft\"", "from = \"other\""), &[]);
+    assert!(e.contains("stages.4.from"), "{e}");
+    let e = err(&ARMS.replace("from = \"sft\"", "from = 3"), &[]);
+    assert!(e.contains("stages.4.from"), "{e}");
+    let e = err(&ARMS.replace("arm = \"baseline\"", "arm = \"a b\""), &[]);
+    assert!(e.contains("stages.4.arm"), "{e}");
+    let e = err(&ARMS.replace("seeds = [1, 2]", "seeds = [1, 1]"), &[]);
+    assert!(e.contains("run.seeds"), "{e}");
+}

@@ -67,6 +67,7 @@ fn ctx(name: &str) -> StageContext {
     StageContext {
         run_dir: s.root.join("runs"),
         name: name.to_string(),
+        arm: "prism".into(),
         device: Device::Cpu,
         kind: Kind::Float,
         seed: 3,

@@ -602,11 +602,40 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, EvalError> {
     Ok(ev.report)
 }
 
+/// Appends one record with the report's rates to `run_dir`'s metrics log (error rates only
+/// when the data has synthetic scenes to classify against).
+fn log_report(
+    run_dir: &Path,
+    arm: &str,
+    label: &str,
+    r: &EvalReport,
+) -> Result<(), crate::report::ReportError> {
+    use crate::report::metrics_log::{MetricsLog, keys};
+    let mut m = BTreeMap::new();
+    m.insert(keys::ACCURACY.to_string(), r.accuracy);
+    m.insert(keys::FORMAT_VALID_RATE.to_string(), r.format_valid_rate);
+    m.insert(keys::N.to_string(), r.n as f64);
+    m.insert("accuracy_ungated".to_string(), r.accuracy_ungated);
+    m.insert("mean_response_tokens".to_string(), r.mean_response_tokens);
+    if let Some(v) = r.perception_error_rate {
+        m.insert(keys::PERCEPTION_ERROR_RATE.to_string(), v);
+    }
+    if let Some(v) = r.reasoning_error_rate {
+        m.insert(keys::REASONING_ERROR_RATE.to_string(), v);
+    }
+    let mut log = MetricsLog::open_in(run_dir)?;
+    log.log(label, arm, 0, m)?;
+    log.sync()
+}
+
 /// The pipeline's `eval` stage: evaluates the incoming checkpoint `input` on `cfg.data` (or the
 /// synthetic `default_data`), writes `report.json`, `responses.jsonl` and `table.txt` into
-/// `run_dir/<name>/`, prints the table, and passes `input` on unchanged.
+/// `run_dir/<name>/`, appends the rates to the run's metrics log as stage `label` of the
+/// context's arm (the rows of the results table), prints the table, and passes `input` on
+/// unchanged.
 pub fn run_eval_stage(
     cfg: &crate::config::EvalStageConfig,
+    label: &str,
     ctx: &super::StageContext,
     input: &Path,
     default_data: Option<&Path>,
@@ -647,6 +676,8 @@ pub fn run_eval_stage(
         crate::report::atomic_write(&path, &bytes).map_err(|e| invalid(e.to_string()))?;
     }
     write_responses(&dir.join("responses.jsonl"), &evaluation.items)
+        .map_err(|e| invalid(e.to_string()))?;
+    log_report(&ctx.run_dir, &ctx.arm, label, &evaluation.report)
         .map_err(|e| invalid(e.to_string()))?;
     println!(
         "{} on {} ({} items):\n{table}",

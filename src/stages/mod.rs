@@ -76,6 +76,8 @@ pub struct StageContext {
     pub run_dir: PathBuf,
     /// Output name of this stage (`run_dir/<name>/`).
     pub name: String,
+    /// Comparison arm of this stage (the `arm` label of its metrics records).
+    pub arm: String,
     /// Device of the trained model.
     pub device: tch::Device,
     /// Parameter dtype of the trained model.

@@ -227,8 +227,64 @@ pub fn build_tiny_policy(
     Ok(dir.to_path_buf())
 }
 
-/// Runs a validated config: data, policy, stages. Returns one summary per stage.
+/// Runs a validated config: data, policy, stages, then the report (`results.md` and plots in
+/// the run directory). With `[run] seeds`, the whole run is repeated per seed in
+/// `out_dir/seed-<s>/` and the report in `out_dir` gives mean ± std over the seeds. Returns one
+/// summary per stage (per seed, in order).
 pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
+    let seeds = cfg.seeds();
+    if cfg.run.seeds.is_empty() {
+        let out = run_one(cfg)?;
+        report_runs(&cfg.run.out_dir, std::slice::from_ref(&cfg.run.out_dir))?;
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    let mut dirs = Vec::with_capacity(seeds.len());
+    for seed in seeds {
+        let mut c = cfg.clone();
+        c.run.seed = seed;
+        c.run.seeds.clear();
+        c.run.out_dir = cfg.run.out_dir.join(format!("seed-{seed}"));
+        tracing::info!("seed {seed}: run directory {}", c.run.out_dir.display());
+        out.extend(run_one(&c)?);
+        dirs.push(c.run.out_dir);
+    }
+    std::fs::create_dir_all(&cfg.run.out_dir).map_err(|e| StageError::io(&cfg.run.out_dir, e))?;
+    report_runs(&cfg.run.out_dir, &dirs)?;
+    Ok(out)
+}
+
+/// Writes the report of the runs in `run_dirs` (one per seed) into `out_dir` and prints the
+/// results table when the runs evaluated anything.
+fn report_runs(out_dir: &Path, run_dirs: &[PathBuf]) -> Result<()> {
+    use crate::report::metrics_log::{FILE_NAME, read_metrics};
+    let mut seeds = Vec::with_capacity(run_dirs.len());
+    for d in run_dirs {
+        let path = d.join(FILE_NAME);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let read = read_metrics(&path).map_err(|e| report_error(&path, e))?;
+        seeds.push(read.records);
+    }
+    let files =
+        crate::report::write_report(out_dir, &seeds).map_err(|e| report_error(out_dir, e))?;
+    if let Some((table, md, chart)) = &files.table {
+        println!("\n{}", table.to_markdown());
+        println!("results: {} (chart {})", md.display(), chart.display());
+    }
+    for c in &files.curves {
+        tracing::info!("plot: {}", c.display());
+    }
+    Ok(())
+}
+
+fn report_error(path: &Path, e: crate::report::ReportError) -> StageError {
+    StageError::io(path, std::io::Error::other(e.to_string()))
+}
+
+/// One run of the pipeline in `cfg.run.out_dir` with `cfg.run.seed`.
+fn run_one(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
     if let tch::Device::Cuda(i) = cfg.device() {
         let n = tch::Cuda::device_count();
         if i as i64 >= n {
@@ -253,7 +309,7 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
     std::fs::write(&resolved, text).map_err(|e| StageError::io(&resolved, e))?;
 
     let data = prepare_data(cfg, &run_dir)?;
-    let mut input = match (&cfg.policy.path, &cfg.policy.tiny) {
+    let init = match (&cfg.policy.path, &cfg.policy.tiny) {
         (Some(p), _) => p.clone(),
         (None, Some(t)) => build_tiny_policy(t, &data, &run_dir.join("init"), cfg.run.seed)?,
         (None, None) => {
@@ -264,11 +320,23 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         }
     };
     let mut out: Vec<StageSummary> = Vec::new();
-    let mut experts: Option<PathBuf> = None;
     for (i, st) in cfg.stages.iter().enumerate() {
+        let from = cfg.input_of(i);
+        let input = from.map_or_else(|| init.clone(), |j| out[j].output.clone());
+        // experts: from the nearest stage up the input chain that wrote some
+        let mut experts = None;
+        let mut at = from;
+        while let Some(j) = at {
+            if out[j].experts.is_some() {
+                experts = out[j].experts.clone();
+                break;
+            }
+            at = cfg.input_of(j);
+        }
         let ctx = StageContext {
             run_dir: run_dir.clone(),
             name: cfg.stage_name(i),
+            arm: cfg.arm_of(i),
             device: cfg.device(),
             kind: cfg.kind(),
             seed: cfg.run.seed,
@@ -277,11 +345,13 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
             rl_train_file: data.rl_train.clone(),
             rl_eval_file: data.rl_eval.clone(),
             warmup_file: data.warmup.clone(),
-            experts: experts.clone(),
+            experts,
         };
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,
-            StageConfig::Eval(e) => eval::run_eval_stage(e, &ctx, &input, data.rl_eval.as_deref())?,
+            StageConfig::Eval(e) => {
+                eval::run_eval_stage(e, &cfg.eval_label(i), &ctx, &input, data.rl_eval.as_deref())?
+            }
             other => {
                 return Err(StageError::Invalid {
                     stage: ctx.name,
@@ -290,10 +360,6 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
             }
         };
         tracing::info!("{summary}");
-        input = summary.output.clone();
-        if summary.experts.is_some() {
-            experts = summary.experts.clone();
-        }
         out.push(summary);
     }
     Ok(out)

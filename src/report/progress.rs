@@ -53,6 +53,13 @@ pub struct Progress {
     opts: ProgressOptions,
 }
 
+/// The process-wide display the stages of `prism run` draw on (created on first use with the
+/// default options: bars on a terminal, plain lines otherwise).
+pub fn global() -> &'static Progress {
+    static GLOBAL: std::sync::OnceLock<Progress> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| Progress::new(ProgressOptions::default()))
+}
+
 /// Whether `Auto` should draw bars: stderr is a terminal and `CI` is unset.
 pub fn bars_wanted() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()

@@ -36,6 +36,7 @@ use crate::models::generate_cli::{
 use crate::models::generation::{GenerationOutput, Sampling, StopReason, generate};
 use crate::models::processor::{PaddingSide, Processor, ProcessorError};
 use crate::models::{ModelError, Qwen3Vl};
+use crate::reward::format::split_text;
 use crate::reward::{GroundTruth, accuracy_ungated, compute_score};
 
 /// Errors of an evaluation run.
@@ -93,6 +94,8 @@ pub struct EvalOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     pub seed: u64,
+    /// Show a progress bar (or plain progress lines) under this name, counting prompts.
+    pub progress: Option<String>,
 }
 
 impl Default for EvalOptions {
@@ -103,6 +106,7 @@ impl Default for EvalOptions {
             max_new_tokens: 512,
             sampling: Sampling::Greedy,
             seed: 0,
+            progress: None,
         }
     }
 }
@@ -455,6 +459,10 @@ pub fn generate_responses(
     let cfg = generation_config(processor, opts.sampling, opts.max_new_tokens, opts.seed);
     let max_len = max_prompt_len(model);
     let mut out = Vec::with_capacity(records.len());
+    let mut bar = opts
+        .progress
+        .as_ref()
+        .map(|name| crate::report::progress::global().stage(name, records.len() as u64));
     for (chunk_index, chunk) in records.chunks(opts.batch_size).enumerate() {
         let first = chunk_index * opts.batch_size;
         let conversations: Vec<Vec<ChatMessage>> = chunk.iter().map(build_messages).collect();
@@ -485,11 +493,21 @@ pub fn generate_responses(
             let decoded = decode_output(processor, o.clone())?;
             out.push((decoded.text, o));
         }
-        tracing::info!(
-            "eval: generated {}/{} responses",
-            first + chunk.len(),
-            records.len()
-        );
+        match bar.as_mut() {
+            Some(b) => {
+                b.set_step((first + chunk.len()) as u64);
+                let valid = out.iter().filter(|(t, _)| split_text(t).is_some()).count();
+                b.set_metric("format_valid", valid as f64 / out.len() as f64);
+            }
+            None => tracing::info!(
+                "eval: generated {}/{} responses",
+                first + chunk.len(),
+                records.len()
+            ),
+        }
+    }
+    if let Some(b) = bar.as_mut() {
+        b.finish();
     }
     Ok(out)
 }
@@ -660,6 +678,7 @@ pub fn run_eval_stage(
         max_new_tokens: cfg.max_new_tokens,
         sampling: Sampling::Greedy,
         seed: ctx.seed,
+        progress: Some(ctx.name.clone()),
     };
     let evaluation = tch::no_grad(|| evaluate(&model, &processor, &records, data, &opts))
         .map_err(|e| invalid(e.to_string()))?;

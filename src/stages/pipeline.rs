@@ -2,12 +2,17 @@
 //! policy (`run_dir/init` for a tiny one), writes `config.resolved.toml`, then runs the stages in
 //! order, each stage's output checkpoint being the next one's input, and prints a summary line
 //! per stage.
+//!
+//! `prism run --resume RUN_DIR` continues a killed run ([`super::resume`] has the rules): the
+//! data and the init policy are reused when their markers match, finished stages (with a
+//! `DONE.json`) are skipped, and the stage in progress continues from its newest complete
+//! checkpoint.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Result, StageContext, StageError, StageSummary, eval, sft};
+use super::{Result, StageContext, StageError, StageSummary, checkpoint, eval, resume, sft};
 use crate::config::{RunConfig, StageConfig, TinyPolicy};
 use crate::data::sharegpt::{self, ShareGptRecord};
 use crate::data::synth::demo::user_prompt;
@@ -22,14 +27,28 @@ use crate::models::{Heads, Qwen3Vl};
 /// Arguments of `prism run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The run config (TOML).
-    pub config: PathBuf,
+    /// The run config (TOML). With `--resume`, optional: the run's own
+    /// `config.resolved.toml` is used when it is left out.
+    #[arg(required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
     /// Override a key: `--set stages.0.lr=1e-4` (dotted path; numbers index arrays).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Run directory (overrides `run.out_dir`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR: finished stages are skipped, the stage in progress
+    /// continues from its newest complete checkpoint. A configuration that differs from the
+    /// run's in a key that matters is refused (the keys are listed).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// With `--resume`: resume even though the configuration differs.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
+    /// Prometheus exporter address (overrides `run.metrics_addr`), e.g. `0.0.0.0:9464`, or
+    /// `none`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Entry point of `prism run`.
@@ -41,7 +60,24 @@ pub fn run(args: &RunArgs) -> Result<Vec<StageSummary>> {
             toml::Value::String(out.display().to_string())
         ));
     }
-    let cfg = RunConfig::load(&args.config, &overrides)?;
+    if let Some(addr) = &args.metrics_addr {
+        overrides.push(format!(
+            "run.metrics_addr={}",
+            toml::Value::String(addr.clone())
+        ));
+    }
+    let (cfg, resuming) = match (&args.resume, &args.config) {
+        (Some(run_dir), config) => {
+            resume::resume_config(run_dir, config.as_deref(), &overrides, args.force)?
+        }
+        (None, Some(config)) => (RunConfig::load(config, &overrides)?, false),
+        (None, None) => {
+            return Err(StageError::Invalid {
+                stage: "run".into(),
+                message: "give a run config or --resume RUN_DIR".into(),
+            });
+        }
+    };
     if let Some(addr) = cfg.metrics_addr() {
         // a busy port must not stop a training run: the JSONL log has every step anyway
         match crate::telemetry::install_prometheus(addr) {
@@ -49,7 +85,7 @@ pub fn run(args: &RunArgs) -> Result<Vec<StageSummary>> {
             Err(e) => tracing::warn!("{e}; continuing without the exporter"),
         }
     }
-    let summaries = run_pipeline(&cfg)?;
+    let summaries = run_pipeline_with(&cfg, resuming)?;
     for s in &summaries {
         println!("{s}");
     }
@@ -87,6 +123,7 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
         });
     };
     let dir = run_dir.join("data");
+    let key = json!({"synth": s, "version": env!("CARGO_PKG_VERSION")});
     let synth = SynthConfig {
         train: s.train,
         eval: s.eval,
@@ -97,28 +134,30 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
             reasoning_error_rate: s.reasoning_error_rate,
         },
     };
-    write_dataset(&dir, &synth)?;
+    let eval_path = dir.join("sft_eval.jsonl");
+    // generated once per run folder: a resumed run reuses complete, matching data
+    resume::prepare_once(&dir, &key, || {
+        write_dataset(&dir, &synth)?;
+        if s.eval > 0 {
+            // held-out SFT file: teacher demonstrations of the eval items (images already written)
+            let (_, eval_items) = generate_items(&synth)?;
+            let records = eval_items
+                .iter()
+                .map(|item| {
+                    Ok(ShareGptRecord::single_turn(
+                        SYSTEM_INSTRUCTION,
+                        &user_prompt(&item.question_text()),
+                        &teacher_demo_for(item)?.response(),
+                        &item.image_path(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            sharegpt::write(&eval_path, &records)?;
+        }
+        Ok(())
+    })?;
     let train = dir.join(format!("sft_{}.jsonl", s.sft_source));
-    let eval = if s.eval > 0 {
-        // held-out SFT file: teacher demonstrations of the eval items (images already written)
-        let (_, eval_items) = generate_items(&synth)?;
-        let records = eval_items
-            .iter()
-            .map(|item| {
-                Ok(ShareGptRecord::single_turn(
-                    SYSTEM_INSTRUCTION,
-                    &user_prompt(&item.question_text()),
-                    &teacher_demo_for(item)?.response(),
-                    &item.image_path(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let path = dir.join("sft_eval.jsonl");
-        sharegpt::write(&path, &records)?;
-        Some(path)
-    } else {
-        None
-    };
+    let eval = (s.eval > 0).then_some(eval_path);
     let rl_eval = (s.eval > 0).then(|| dir.join("rl_eval.parquet"));
     Ok(PreparedData {
         train,
@@ -227,8 +266,15 @@ pub fn build_tiny_policy(
     Ok(dir.to_path_buf())
 }
 
-/// Runs a validated config: data, policy, stages. Returns one summary per stage.
+/// Runs a validated config from scratch: data, policy, stages. Returns one summary per stage.
 pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
+    run_pipeline_with(cfg, false)
+}
+
+/// [`run_pipeline`], or with `resume` the continuation of the run in `cfg.run.out_dir`:
+/// prepared folders reused, finished stages skipped (their `DONE.json` summaries returned),
+/// the stage in progress continued from its newest complete checkpoint.
+pub fn run_pipeline_with(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
     if let tch::Device::Cuda(i) = cfg.device() {
         let n = tch::Cuda::device_count();
         if i as i64 >= n {
@@ -246,16 +292,34 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
-    let resolved = run_dir.join("config.resolved.toml");
+    let resolved = run_dir.join(resume::RESOLVED_CONFIG);
     let text = cfg
         .to_toml()
         .map_err(|e| StageError::io(&resolved, std::io::Error::other(e.to_string())))?;
-    std::fs::write(&resolved, text).map_err(|e| StageError::io(&resolved, e))?;
+    crate::report::atomic_write(&resolved, text.as_bytes()).map_err(|e| StageError::Invalid {
+        stage: "run".into(),
+        message: e.to_string(),
+    })?;
+    if !resume {
+        // a fresh run into a folder that holds an earlier one forgets it
+        resume::reset_metrics(&run_dir)?;
+        for i in 0..cfg.stages.len() {
+            resume::reset_stage_dir(&run_dir.join(cfg.stage_name(i)))?;
+        }
+    }
 
     let data = prepare_data(cfg, &run_dir)?;
     let mut input = match (&cfg.policy.path, &cfg.policy.tiny) {
         (Some(p), _) => p.clone(),
-        (None, Some(t)) => build_tiny_policy(t, &data, &run_dir.join("init"), cfg.run.seed)?,
+        (None, Some(t)) => {
+            let dir = run_dir.join("init");
+            let train_sha = crate::data::io::sha256_file(&data.train)?;
+            let key = json!({"tiny": t, "seed": cfg.run.seed, "train_sha256": train_sha});
+            resume::prepare_once(&dir, &key, || {
+                build_tiny_policy(t, &data, &dir, cfg.run.seed).map(|_| ())
+            })?;
+            dir
+        }
         (None, None) => {
             return Err(StageError::Invalid {
                 stage: "policy".into(),
@@ -266,6 +330,29 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
     let mut out: Vec<StageSummary> = Vec::new();
     let mut experts: Option<PathBuf> = None;
     for (i, st) in cfg.stages.iter().enumerate() {
+        let stage_dir = run_dir.join(cfg.stage_name(i));
+        if resume && let Some(done) = resume::read_done(&stage_dir)? {
+            if done.output.exists() {
+                tracing::info!(stage = %done.name, "finished before the resume: skipped");
+                input = done.output.clone();
+                if done.experts.is_some() {
+                    experts = done.experts.clone();
+                }
+                out.push(done);
+                continue;
+            }
+            tracing::warn!(
+                stage = %done.name,
+                output = %done.output.display(),
+                "marked done but its output is missing: running it again"
+            );
+        }
+        let resumed_st = if resume {
+            resumable(st, &stage_dir, &cfg.stage_name(i))?
+        } else {
+            None
+        };
+        let st = resumed_st.as_ref().unwrap_or(st);
         let ctx = StageContext {
             run_dir: run_dir.clone(),
             name: cfg.stage_name(i),
@@ -289,6 +376,7 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
                 });
             }
         };
+        resume::write_done(&stage_dir, &summary)?;
         tracing::info!("{summary}");
         input = summary.output.clone();
         if summary.experts.is_some() {
@@ -297,4 +385,30 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         out.push(summary);
     }
     Ok(out)
+}
+
+/// The stage configured to continue from its newest complete checkpoint, or `None` to run it
+/// from scratch (no checkpoint yet, or a kind that cannot resume: its earlier outputs are
+/// removed).
+fn resumable(st: &StageConfig, stage_dir: &Path, name: &str) -> Result<Option<StageConfig>> {
+    checkpoint::remove_stale(stage_dir)?;
+    let Some((step, ckpt)) = checkpoint::newest_complete(stage_dir)? else {
+        resume::reset_stage_dir(stage_dir)?;
+        return Ok(None);
+    };
+    match resume::resume_stage(st, &ckpt) {
+        Some(s) => {
+            tracing::info!(stage = name, step, checkpoint = %ckpt.display(), "resuming the stage");
+            Ok(Some(s))
+        }
+        None => {
+            tracing::warn!(
+                stage = name,
+                kind = st.kind(),
+                "this stage kind cannot resume from a checkpoint yet: restarting it from scratch"
+            );
+            resume::reset_stage_dir(stage_dir)?;
+            Ok(None)
+        }
+    }
 }

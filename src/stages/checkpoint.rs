@@ -239,8 +239,8 @@ fn lookup<'a>(v: &'a serde_json::Value, dotted: &str) -> Option<&'a serde_json::
 /// Checks, before any training step, that `ckpt` is a complete checkpoint of the same model as
 /// `input` (the stage's input checkpoint): its `trainer_state.json` parses, its weights (and
 /// `optimizer.safetensors`, when present) are whole safetensors files, its `config.json` agrees
-/// with the input's on [`ARCHITECTURE_KEYS`], and every tensor has the input's shape. Errors
-/// name the file and the key or tensor.
+/// with the input's on [`ARCHITECTURE_KEYS`], every tensor has the input's shape, and it has
+/// every processor file the input has. Errors name the file and the key or tensor.
 pub fn validate_checkpoint(ckpt: &Path, input: &Path) -> Result<serde_json::Value> {
     let invalid = |message: String| StageError::Invalid {
         stage: "resume".into(),
@@ -303,6 +303,15 @@ pub fn validate_checkpoint(ckpt: &Path, input: &Path) -> Result<serde_json::Valu
                 )));
             }
             _ => {}
+        }
+    }
+    for f in super::sft::PROCESSOR_FILES {
+        if input.join(f).is_file() && !ckpt.join(f).is_file() {
+            return Err(invalid(format!(
+                "{}: {f} is missing (the input {} has it)",
+                ckpt.display(),
+                input.display()
+            )));
         }
     }
     let opt = ckpt.join(super::sft::OPTIMIZER_STATE);

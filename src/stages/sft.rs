@@ -568,7 +568,9 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     if let Some(dir) = &cfg.resume_from {
         checkpoint::validate_checkpoint(dir, input)?;
     }
-    // weights (and processor files) come from the resumed checkpoint when there is one
+    // weights (and processor files) come from the resumed checkpoint when there is one; the
+    // processor files written with each checkpoint are copied from the input, which stays put
+    // (the resumed checkpoint may be pruned while the stage runs)
     let weights_dir = cfg.resume_from.as_deref().unwrap_or(input);
     let proc = Processor::from_dir(weights_dir)?;
     let model = Qwen3Vl::load(weights_dir, ctx.device, ctx.kind)?;
@@ -763,7 +765,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
             save_checkpoint(
                 &stage_dir.join(format!("{}{step}", checkpoint::CHECKPOINT_PREFIX)),
                 &model,
-                weights_dir,
+                input,
                 &opt,
                 &state,
                 cfg,
@@ -775,7 +777,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     let final_dir = stage_dir.join(checkpoint::FINAL_DIR);
     let state = trainer_state(cfg.steps, &opt, pos, skipped, &losses, last_eval);
     log.sync()?;
-    save_checkpoint(&final_dir, &model, weights_dir, &opt, &state, cfg)?;
+    save_checkpoint(&final_dir, &model, input, &opt, &state, cfg)?;
 
     Ok(StageSummary {
         name: stage,

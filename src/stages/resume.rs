@@ -157,6 +157,18 @@ pub struct DoneRecord {
     pub summary: StageSummary,
     /// Seconds since the Unix epoch when the stage finished.
     pub finished_at: f64,
+    /// `summary.output` relative to the run folder, when it lies inside it (a run folder that
+    /// was moved still resumes from its own outputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_in_run: Option<PathBuf>,
+    /// `summary.experts` relative to the run folder, when it lies inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts_in_run: Option<PathBuf>,
+}
+
+/// The run folder of a stage folder.
+fn run_dir_of(stage_dir: &Path) -> &Path {
+    stage_dir.parent().unwrap_or(Path::new("."))
 }
 
 /// Writes `stage_dir/DONE.json` atomically.
@@ -166,17 +178,22 @@ pub fn write_done(stage_dir: &Path, summary: &StageSummary) -> Result<()> {
     let finished_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
+    let run_dir = run_dir_of(stage_dir);
+    let inside = |p: &Path| p.strip_prefix(run_dir).ok().map(Path::to_path_buf);
     let rec = DoneRecord {
         summary: summary.clone(),
         finished_at,
+        output_in_run: inside(&summary.output),
+        experts_in_run: summary.experts.as_deref().and_then(inside),
     };
     let mut text = serde_json::to_vec_pretty(&rec).map_err(|e| other_io(&path, e))?;
     text.push(b'\n');
     crate::report::atomic_write(&path, &text).map_err(report_err)
 }
 
-/// Reads `stage_dir/DONE.json`: `None` when the stage has not finished. A marker that does not
-/// parse is an error naming the file.
+/// Reads `stage_dir/DONE.json`: `None` when the stage has not finished. Outputs inside the run
+/// folder are resolved against the folder `stage_dir` is in now. A marker that does not parse is
+/// an error naming the file.
 pub fn read_done(stage_dir: &Path) -> Result<Option<StageSummary>> {
     let path = stage_dir.join(DONE_FILE);
     let text = match std::fs::read_to_string(&path) {
@@ -189,7 +206,15 @@ pub fn read_done(stage_dir: &Path) -> Result<Option<StageSummary>> {
         record: 1,
         message: format!("not a stage marker: {e}"),
     })?;
-    Ok(Some(rec.summary))
+    let mut summary = rec.summary;
+    let run_dir = run_dir_of(stage_dir);
+    if let Some(rel) = rec.output_in_run {
+        summary.output = run_dir.join(rel);
+    }
+    if let Some(rel) = rec.experts_in_run {
+        summary.experts = Some(run_dir.join(rel));
+    }
+    Ok(Some(summary))
 }
 
 /// Forgets a stage's earlier outputs: `DONE.json`, `final/`, every `checkpoint-<step>/` and

@@ -314,3 +314,85 @@ fn the_cli_resumes_a_finished_run_from_its_folder_alone() {
         assert!(!res.status.success(), "{args:?} was accepted");
     }
 }
+
+#[test]
+fn sigterm_checkpoints_and_stops_and_the_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("term.toml");
+    let text = CONFIG
+        .replace("steps = 4", "steps = 24")
+        .replace("save_every = 1", "save_every = 0");
+    std::fs::write(&config, &text).unwrap();
+    let run = tmp.path().join("term");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .arg("run")
+        .arg(&config)
+        .arg("--resume")
+        .arg(&run)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for a few steps in the log, then SIGTERM
+    let started = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 3 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        assert!(started.elapsed().as_secs() < 120, "no steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child process by its id
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("shutdown signal") && err.contains("--resume"),
+        "{err}"
+    );
+    let (step, ckpt) = prism::stages::checkpoint::newest_complete(&run.join("sft"))
+        .unwrap()
+        .expect("a checkpoint written on shutdown");
+    assert!(err.contains(&format!("after step {step}")), "{err}");
+    assert!(step < 24);
+    prism::stages::checkpoint::validate_checkpoint(&ckpt, &run.join("init")).unwrap();
+    assert!(!run.join("sft").join(DONE_FILE).exists());
+
+    let res = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["run", "--resume"])
+        .arg(&run)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+
+    // the same run without interruption, in this process
+    let straight = tmp.path().join("straight");
+    let set = vec![format!(
+        "run.out_dir={}",
+        toml::Value::String(straight.display().to_string())
+    )];
+    let cfg = RunConfig::from_toml_str(&text, Path::new("term.toml"), &set).unwrap();
+    run_pipeline(&cfg).unwrap();
+    assert_eq!(
+        sha(&straight.join("sft/final/model.safetensors")),
+        sha(&run.join("sft/final/model.safetensors"))
+    );
+    let steps: Vec<u64> = prism::report::read_metrics(&run.join("metrics.jsonl"))
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, (1..=24).collect::<Vec<_>>());
+}

@@ -85,6 +85,7 @@ pub fn run(args: &RunArgs) -> Result<Vec<StageSummary>> {
             Err(e) => tracing::warn!("{e}; continuing without the exporter"),
         }
     }
+    resume::install_shutdown_handler()?;
     let summaries = run_pipeline_with(&cfg, resuming)?;
     for s in &summaries {
         println!("{s}");
@@ -330,6 +331,13 @@ pub fn run_pipeline_with(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSumma
     let mut out: Vec<StageSummary> = Vec::new();
     let mut experts: Option<PathBuf> = None;
     for (i, st) in cfg.stages.iter().enumerate() {
+        if resume::shutdown_requested() {
+            return Err(resume::stopped(
+                &cfg.stage_name(i),
+                &run_dir,
+                "before the stage started",
+            ));
+        }
         let stage_dir = run_dir.join(cfg.stage_name(i));
         if resume && let Some(done) = resume::read_done(&stage_dir)? {
             if done.output.exists() {

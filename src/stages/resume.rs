@@ -23,9 +23,15 @@
 //!
 //! A fresh `prism run` into a folder that holds an earlier run forgets it first
 //! ([`reset_stage_dir`] on every stage, a new metrics log).
+//!
+//! **Shutdown.** `prism run` installs [`install_shutdown_handler`]: the first SIGTERM or SIGINT
+//! only sets a flag ([`shutdown_requested`]); SFT checks it after every step, writes a
+//! checkpoint and stops with an error that says how to resume, and the pipeline checks it
+//! between stages. A second signal kills the process as usual.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +59,55 @@ pub const IGNORED_KEYS: &[&str] = &[
     "stages.*.save_every",
     "stages.*.keep_checkpoints",
 ];
+
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_shutdown_signal(sig: libc::c_int) {
+    // only async-signal-safe calls here: an atomic swap, signal, raise
+    if SHUTDOWN.swap(true, Ordering::SeqCst) {
+        // SAFETY: restoring the default action and re-raising are async-signal-safe
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Makes the first SIGTERM / SIGINT request a clean stop (see the module doc) instead of
+/// killing the process.
+pub fn install_shutdown_handler() -> Result<()> {
+    let handler: extern "C" fn(libc::c_int) = on_shutdown_signal;
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only touches an atomic and async-signal-safe libc calls
+        let prev = unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            return Err(StageError::Invalid {
+                stage: "run".into(),
+                message: format!(
+                    "cannot install the handler of signal {sig}: {}",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a shutdown signal arrived.
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN.load(Ordering::SeqCst)
+}
+
+/// The error a stage (or the pipeline) stops with after a shutdown signal.
+pub fn stopped(stage: &str, run_dir: &Path, what: &str) -> StageError {
+    StageError::Invalid {
+        stage: stage.to_string(),
+        message: format!(
+            "stopped by a shutdown signal {what}; continue with `prism run --resume {}`",
+            run_dir.display()
+        ),
+    }
+}
 
 fn other_io(path: &Path, message: impl ToString) -> StageError {
     StageError::io(path, std::io::Error::other(message.to_string()))

@@ -758,7 +758,10 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
                 total: skipped,
             });
         }
-        if in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0 && step < cfg.steps {
+        let periodic = in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0;
+        // a shutdown signal: checkpoint now (even mid-streak of skipped steps) and stop
+        let stopping = resume::shutdown_requested();
+        if (periodic || stopping) && step < cfg.steps {
             let state = trainer_state(step, &opt, pos, skipped, &losses, last_eval);
             // the log reaches the disk before the checkpoint that covers it
             log.sync()?;
@@ -771,6 +774,13 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
                 cfg,
             )?;
             checkpoint::prune_keep(&stage_dir, cfg.keep_checkpoints)?;
+            if stopping {
+                return Err(resume::stopped(
+                    &stage,
+                    &ctx.run_dir,
+                    &format!("after step {step} (checkpoint-{step} written)"),
+                ));
+            }
         }
     }
 

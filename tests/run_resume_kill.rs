@@ -37,7 +37,7 @@ num_hidden_layers = 1
 [[stages]]
 kind = "sft"
 name = "sft"
-steps = 12
+steps = 20
 batch_size = 2
 lr = 1e-3
 warmup_ratio = 0.1
@@ -94,6 +94,23 @@ fn partial_exists(stage_dir: &Path, since: SystemTime) -> bool {
                     .is_ok_and(|t| t >= since)
         })
     })
+}
+
+/// Where a start of `prism run` is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// This long after the start.
+    At(Duration),
+    /// While a checkpoint folder begun by this start is being written.
+    InCheckpoint,
+    /// This many milliseconds after a new checkpoint completed.
+    AfterCheckpoint(u64),
+}
+
+fn newest_step(stage_dir: &Path) -> Option<u64> {
+    prism::stages::checkpoint::newest_complete(stage_dir)
+        .unwrap()
+        .map(|(s, _)| s)
 }
 
 /// Every folder under its own name is a whole checkpoint of the run's model; markers parse;
@@ -194,29 +211,52 @@ fn sigkilled_runs_resume_to_the_uninterrupted_result() {
     let resume_args = ["--resume".as_ref(), run.as_os_str()];
     let mut rng = StdRng::seed_from_u64(2026);
     let (mut kills, mut during_checkpoint, mut attempts) = (0, 0, 0);
+    let sft_dir = run.join("sft");
     while kills < 12 && attempts < 40 {
         attempts += 1;
+        // kill points by progress, so each start advances the run by a step or two whatever
+        // the machine's speed: every fourth waits for a checkpoint write in progress; the
+        // others land right after a checkpoint completes or at a random early moment (start-up,
+        // data, init, the first step, or the eval stage)
+        let mut point = if attempts % 4 == 0 {
+            KillPoint::InCheckpoint
+        } else {
+            match rng.random_range(0..2) {
+                0 => KillPoint::AfterCheckpoint(rng.random_range(0..40)),
+                _ => KillPoint::At(total.mul_f64(rng.random_range(0.02..0.2))),
+            }
+        };
+        let newest_before = newest_step(&sft_dir);
         let since = SystemTime::now();
         let mut child = start(&config, &resume_args);
         let started = Instant::now();
-        // every third kill waits for a checkpoint write in progress; the others land at a
-        // random moment of the first half of an uninterrupted run's duration
-        let in_checkpoint = attempts % 3 == 0;
-        let deadline = if in_checkpoint {
-            total
-        } else {
-            total.mul_f64(rng.random_range(0.02..0.5))
-        };
         let mut caught_partial = false;
-        while started.elapsed() < deadline {
-            if in_checkpoint && partial_exists(&run.join("sft"), since) {
-                caught_partial = true;
-                break;
-            }
+        loop {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(if in_checkpoint { 5 } else { 20 }));
+            if !matches!(point, KillPoint::At(_)) && sft_dir.join(DONE_FILE).exists() {
+                // SFT is over: no checkpoint will come, kill during the eval stage instead
+                point =
+                    KillPoint::At(started.elapsed() + total.mul_f64(rng.random_range(0.0..0.1)));
+            }
+            match point {
+                KillPoint::At(t) if started.elapsed() >= t => break,
+                KillPoint::InCheckpoint if partial_exists(&sft_dir, since) => {
+                    caught_partial = true;
+                    break;
+                }
+                KillPoint::AfterCheckpoint(ms) if newest_step(&sft_dir) != newest_before => {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    break;
+                }
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < total * 4,
+                "{point:?} never came; the run seems stuck"
+            );
+            std::thread::sleep(Duration::from_millis(3));
         }
         if child.try_wait().unwrap().is_some() {
             // it finished (or failed) before the kill
@@ -230,6 +270,16 @@ fn sigkilled_runs_resume_to_the_uninterrupted_result() {
             during_checkpoint += 1;
         }
         check_invariants(&run);
+        eprintln!(
+            "kill {kills} ({point:?}) after {:.2}s{}: newest checkpoint {:?}",
+            started.elapsed().as_secs_f64(),
+            if caught_partial {
+                ", in a checkpoint write"
+            } else {
+                ""
+            },
+            newest_step(&sft_dir)
+        );
     }
     assert!(
         kills >= 10,
@@ -266,7 +316,7 @@ fn sigkilled_runs_resume_to_the_uninterrupted_result() {
     // each step logged exactly once, with the same values
     let (a, b) = (sft_records(&straight), sft_records(&run));
     let steps: Vec<u64> = b.iter().map(|(s, _)| *s).collect();
-    assert_eq!(steps, (0..=12).collect::<Vec<_>>(), "steps in the log");
+    assert_eq!(steps, (0..=20).collect::<Vec<_>>(), "steps in the log");
     assert_eq!(a, b);
     // the same evaluation and summaries
     assert_eq!(
@@ -283,7 +333,7 @@ fn sigkilled_runs_resume_to_the_uninterrupted_result() {
         .collect();
     let mut left = left;
     left.sort();
-    assert_eq!(left, ["DONE.json", "checkpoint-10", "checkpoint-11"]);
+    assert_eq!(left, ["DONE.json", "checkpoint-18", "checkpoint-19"]);
     eprintln!(
         "uninterrupted run {:.1}s; {kills} kills ({during_checkpoint} in a checkpoint write)",
         total.as_secs_f64()

@@ -13,6 +13,32 @@
 //!   the highest `checkpoint-<step>` that has one, and [`validate_checkpoint`] checks that a
 //!   folder is loadable and belongs to the same model as the stage's input before any step.
 //!
+//! How a stage follows the contract (what SFT does; the pipeline then resumes it through
+//! [`super::resume::resume_stage`], which sets the stage's `resume_from`):
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use prism::stages::checkpoint::{
+//!     CHECKPOINT_PREFIX, TRAINER_STATE, prune_keep, remove_stale, write_checkpoint_dir,
+//! };
+//! # fn main() -> prism::stages::Result<()> {
+//! let stage_dir = Path::new("runs/demo/rlvr-2");
+//! remove_stale(stage_dir)?; // on start: leftovers of a killed write
+//! let step = 40;
+//! write_checkpoint_dir(&stage_dir.join(format!("{CHECKPOINT_PREFIX}{step}")), |tmp| {
+//!     // weights (HF layout), optimizer state, queued prompts...; then the trainer state
+//!     let state = serde_json::json!({"step": step, "kind": "rlvr", "next_cursor": 320});
+//!     std::fs::write(tmp.join(TRAINER_STATE), state.to_string())
+//!         .map_err(|e| prism::stages::StageError::Invalid {
+//!             stage: "rlvr-2".into(),
+//!             message: e.to_string(),
+//!         })
+//! })?;
+//! prune_keep(stage_dir, 2)?; // keep_checkpoints
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Test hook: when the environment variable [`PAUSE_ENV`] holds a number of milliseconds, the
 //! writer sleeps that long after the files are written and before the rename, so a test can
 //! kill the process while a checkpoint is being written.

@@ -262,6 +262,11 @@ fn a_checkpoint_of_another_model_or_a_truncated_file_is_refused_before_any_step(
     assert!(e.contains("checkpoint-3/model.safetensors"), "{e}");
     let e = refused(|ck| truncate(&ck.join("optimizer.safetensors"), 1000));
     assert!(e.contains("checkpoint-3/optimizer.safetensors"), "{e}");
+    let e = refused(|ck| std::fs::remove_file(ck.join("tokenizer.json")).unwrap());
+    assert!(
+        e.contains("checkpoint-3") && e.contains("tokenizer.json is missing"),
+        "{e}"
+    );
     let e = refused(|ck| truncate(&ck.join("trainer_state.json"), 40));
     assert!(
         e.contains("checkpoint-3/trainer_state.json") && e.contains("truncated"),
@@ -395,4 +400,34 @@ fn sigterm_checkpoints_and_stops_and_the_resumed_run_ends_where_an_uninterrupted
         .map(|r| r.step)
         .collect();
     assert_eq!(steps, (1..=24).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_fresh_run_into_an_old_run_folder_forgets_the_old_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    copy_dir(&base().dir, &run);
+    // a checkpoint of the old run that a later resume must not pick up
+    copy_dir(
+        &run.join("sft/checkpoint-3"),
+        &run.join("sft/checkpoint-99"),
+    );
+    let set = vec![format!(
+        "run.out_dir={}",
+        toml::Value::String(run.display().to_string())
+    )];
+    let cfg = RunConfig::from_toml_str(CONFIG, Path::new("resume.toml"), &set).unwrap();
+    run_pipeline(&cfg).unwrap();
+    assert!(!run.join("sft/checkpoint-99").exists());
+    let steps: Vec<u64> = prism::report::read_metrics(&run.join("metrics.jsonl"))
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4], "the old run's records are gone");
+    assert_eq!(
+        sha(&run.join("sft/final/model.safetensors")),
+        sha(&base().dir.join("sft/final/model.safetensors"))
+    );
 }

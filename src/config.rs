@@ -375,6 +375,9 @@ pub struct SftConfig {
     /// Write a resumable checkpoint (`run_dir/<name>/checkpoint-<step>`) every this many
     /// steps; 0 = only the final one.
     pub save_every: u64,
+    /// Keep only the newest this many `checkpoint-<step>` folders (older ones are deleted after
+    /// each save); 0 keeps all.
+    pub keep_checkpoints: usize,
     /// Continue from a checkpoint folder written by this stage (weights, optimizer state, step
     /// and data position); the stage options must otherwise be the same.
     pub resume_from: Option<PathBuf>,
@@ -405,6 +408,7 @@ impl Default for SftConfig {
             train_file: None,
             eval_file: None,
             save_every: 0,
+            keep_checkpoints: 2,
             resume_from: None,
             inject_nan_steps: Vec::new(),
         }

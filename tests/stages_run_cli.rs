@@ -56,14 +56,16 @@ fn prism_run_sft_tiny_writes_a_loadable_checkpoint_and_metrics() {
     opt.load_state_tensors(&state).unwrap();
     assert_eq!(opt.step_count(), 6);
 
-    let lines: Vec<Value> = std::fs::read_to_string(out.join("sft/metrics.jsonl"))
+    let lines: Vec<Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 7, "eval at step 0 + 6 steps");
-    assert!(lines[6]["eval_loss"].as_f64().is_some());
+    assert!(lines[6]["metrics"]["eval_loss"].as_f64().is_some());
     assert_eq!(lines[6]["step"], 6);
+    assert_eq!(lines[6]["stage"], "sft");
+    assert!(out.join("sft/DONE.json").is_file());
 }
 
 #[test]

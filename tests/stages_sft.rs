@@ -91,11 +91,23 @@ fn sft(steps: u64) -> SftConfig {
     }
 }
 
+/// The records of one stage in the run's `metrics.jsonl`, each flattened to
+/// `{stage, arm, step, <metric>: value, ...}`.
 fn metrics(stage_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(stage_dir.join("metrics.jsonl"))
+    let stage = stage_dir.file_name().unwrap().to_str().unwrap();
+    let log = stage_dir.parent().unwrap().join("metrics.jsonl");
+    std::fs::read_to_string(log)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["stage"] == stage)
+        .map(|mut r| {
+            let metrics = r["metrics"].take();
+            let obj = r.as_object_mut().unwrap();
+            obj.remove("metrics");
+            obj.extend(metrics.as_object().unwrap().clone());
+            r
+        })
         .collect()
 }
 
@@ -372,9 +384,9 @@ fn non_finite_steps_are_skipped_counted_and_bounded() {
     let s = run_sft(&cfg, &c, &setup().init).unwrap();
     assert_eq!(s.skipped_steps, 2);
     let m = metrics(&c.stage_dir());
-    let skipped: Vec<bool> = m.iter().map(|r| r["skipped"].as_bool().unwrap()).collect();
-    assert_eq!(skipped, [false, true, true, false]);
-    assert_eq!(m[3]["skipped_total"], 2);
+    let skipped: Vec<f64> = m.iter().map(|r| r["skipped"].as_f64().unwrap()).collect();
+    assert_eq!(skipped, [0.0, 1.0, 1.0, 0.0]);
+    assert_eq!(m[3]["skipped_total"].as_f64(), Some(2.0));
     assert!(m[1]["loss"].is_null(), "NaN is logged as null: {}", m[1]);
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(s.output.join(TRAINER_STATE)).unwrap())

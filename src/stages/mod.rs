@@ -5,10 +5,11 @@
 //! [`StageContext`] (run directory, device, seed, prepared data) and the input checkpoint
 //! directory, and returns a [`StageSummary`] whose `output` is the next stage's input.
 
+pub mod checkpoint;
 pub mod eval;
-pub mod metrics_log;
 pub mod pipeline;
 pub mod prompts;
+pub mod resume;
 pub mod sft;
 
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ impl StageContext {
 }
 
 /// What a stage reports when it finishes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StageSummary {
     pub name: String,
     pub kind: String,

@@ -2,12 +2,17 @@
 //! policy (`run_dir/init` for a tiny one), writes `config.resolved.toml`, then runs the stages in
 //! order, each stage's output checkpoint being the next one's input, and prints a summary line
 //! per stage.
+//!
+//! `prism run --resume RUN_DIR` continues a killed run ([`super::resume`] has the rules): the
+//! data and the init policy are reused when their markers match, finished stages (with a
+//! `DONE.json`) are skipped, and the stage in progress continues from its newest complete
+//! checkpoint.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Result, StageContext, StageError, StageSummary, eval, sft};
+use super::{Result, StageContext, StageError, StageSummary, checkpoint, eval, resume, sft};
 use crate::config::{RunConfig, StageConfig, TinyPolicy};
 use crate::data::sharegpt::{self, ShareGptRecord};
 use crate::data::synth::demo::user_prompt;
@@ -22,14 +27,28 @@ use crate::models::{Heads, Qwen3Vl};
 /// Arguments of `prism run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The run config (TOML).
-    pub config: PathBuf,
+    /// The run config (TOML). With `--resume`, optional: the run's own
+    /// `config.resolved.toml` is used when it is left out.
+    #[arg(required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
     /// Override a key: `--set stages.0.lr=1e-4` (dotted path; numbers index arrays).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Run directory (overrides `run.out_dir`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR: finished stages are skipped, the stage in progress
+    /// continues from its newest complete checkpoint. A configuration that differs from the
+    /// run's in a key that matters is refused (the keys are listed).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// With `--resume`: resume even though the configuration differs.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
+    /// Prometheus exporter address (overrides `run.metrics_addr`), e.g. `0.0.0.0:9464`, or
+    /// `none`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Entry point of `prism run`.
@@ -41,7 +60,24 @@ pub fn run(args: &RunArgs) -> Result<Vec<StageSummary>> {
             toml::Value::String(out.display().to_string())
         ));
     }
-    let cfg = RunConfig::load(&args.config, &overrides)?;
+    if let Some(addr) = &args.metrics_addr {
+        overrides.push(format!(
+            "run.metrics_addr={}",
+            toml::Value::String(addr.clone())
+        ));
+    }
+    let (cfg, resuming) = match (&args.resume, &args.config) {
+        (Some(run_dir), config) => {
+            resume::resume_config(run_dir, config.as_deref(), &overrides, args.force)?
+        }
+        (None, Some(config)) => (RunConfig::load(config, &overrides)?, false),
+        (None, None) => {
+            return Err(StageError::Invalid {
+                stage: "run".into(),
+                message: "give a run config or --resume RUN_DIR".into(),
+            });
+        }
+    };
     if let Some(addr) = cfg.metrics_addr() {
         // a busy port must not stop a training run: the JSONL log has every step anyway
         match crate::telemetry::install_prometheus(addr) {
@@ -49,7 +85,8 @@ pub fn run(args: &RunArgs) -> Result<Vec<StageSummary>> {
             Err(e) => tracing::warn!("{e}; continuing without the exporter"),
         }
     }
-    let summaries = run_pipeline(&cfg)?;
+    resume::install_shutdown_handler()?;
+    let summaries = run_pipeline_with(&cfg, resuming)?;
     for s in &summaries {
         println!("{s}");
     }
@@ -87,6 +124,7 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
         });
     };
     let dir = run_dir.join("data");
+    let key = json!({"synth": s, "version": env!("CARGO_PKG_VERSION")});
     let synth = SynthConfig {
         train: s.train,
         eval: s.eval,
@@ -97,28 +135,30 @@ pub fn prepare_data(cfg: &RunConfig, run_dir: &Path) -> Result<PreparedData> {
             reasoning_error_rate: s.reasoning_error_rate,
         },
     };
-    write_dataset(&dir, &synth)?;
+    let eval_path = dir.join("sft_eval.jsonl");
+    // generated once per run folder: a resumed run reuses complete, matching data
+    resume::prepare_once(&dir, &key, || {
+        write_dataset(&dir, &synth)?;
+        if s.eval > 0 {
+            // held-out SFT file: teacher demonstrations of the eval items (images already written)
+            let (_, eval_items) = generate_items(&synth)?;
+            let records = eval_items
+                .iter()
+                .map(|item| {
+                    Ok(ShareGptRecord::single_turn(
+                        SYSTEM_INSTRUCTION,
+                        &user_prompt(&item.question_text()),
+                        &teacher_demo_for(item)?.response(),
+                        &item.image_path(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            sharegpt::write(&eval_path, &records)?;
+        }
+        Ok(())
+    })?;
     let train = dir.join(format!("sft_{}.jsonl", s.sft_source));
-    let eval = if s.eval > 0 {
-        // held-out SFT file: teacher demonstrations of the eval items (images already written)
-        let (_, eval_items) = generate_items(&synth)?;
-        let records = eval_items
-            .iter()
-            .map(|item| {
-                Ok(ShareGptRecord::single_turn(
-                    SYSTEM_INSTRUCTION,
-                    &user_prompt(&item.question_text()),
-                    &teacher_demo_for(item)?.response(),
-                    &item.image_path(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let path = dir.join("sft_eval.jsonl");
-        sharegpt::write(&path, &records)?;
-        Some(path)
-    } else {
-        None
-    };
+    let eval = (s.eval > 0).then_some(eval_path);
     let rl_eval = (s.eval > 0).then(|| dir.join("rl_eval.parquet"));
     Ok(PreparedData {
         train,
@@ -232,9 +272,16 @@ pub fn build_tiny_policy(
 /// `out_dir/seed-<s>/` and the report in `out_dir` gives mean ± std over the seeds. Returns one
 /// summary per stage (per seed, in order).
 pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
+    run_pipeline_with(cfg, false)
+}
+
+/// [`run_pipeline`], or with `resume` the continuation of the run in `cfg.run.out_dir`:
+/// prepared folders reused, finished stages skipped (their `DONE.json` summaries returned),
+/// the stage in progress continued from its newest complete checkpoint (per seed).
+pub fn run_pipeline_with(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
     let seeds = cfg.seeds();
     if cfg.run.seeds.is_empty() {
-        let out = run_one(cfg)?;
+        let out = run_one(cfg, resume)?;
         report_runs(&cfg.run.out_dir, std::slice::from_ref(&cfg.run.out_dir))?;
         return Ok(out);
     }
@@ -246,7 +293,7 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         c.run.seeds.clear();
         c.run.out_dir = cfg.run.out_dir.join(format!("seed-{seed}"));
         tracing::info!("seed {seed}: run directory {}", c.run.out_dir.display());
-        out.extend(run_one(&c)?);
+        out.extend(run_one(&c, resume)?);
         dirs.push(c.run.out_dir);
     }
     std::fs::create_dir_all(&cfg.run.out_dir).map_err(|e| StageError::io(&cfg.run.out_dir, e))?;
@@ -284,7 +331,7 @@ fn report_error(path: &Path, e: crate::report::ReportError) -> StageError {
 }
 
 /// One run of the pipeline in `cfg.run.out_dir` with `cfg.run.seed`.
-fn run_one(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
+fn run_one(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
     if let tch::Device::Cuda(i) = cfg.device() {
         let n = tch::Cuda::device_count();
         if i as i64 >= n {
@@ -302,16 +349,34 @@ fn run_one(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
-    let resolved = run_dir.join("config.resolved.toml");
+    let resolved = run_dir.join(resume::RESOLVED_CONFIG);
     let text = cfg
         .to_toml()
         .map_err(|e| StageError::io(&resolved, std::io::Error::other(e.to_string())))?;
-    std::fs::write(&resolved, text).map_err(|e| StageError::io(&resolved, e))?;
+    crate::report::atomic_write(&resolved, text.as_bytes()).map_err(|e| StageError::Invalid {
+        stage: "run".into(),
+        message: e.to_string(),
+    })?;
+    if !resume {
+        // a fresh run into a folder that holds an earlier one forgets it
+        resume::reset_metrics(&run_dir)?;
+        for i in 0..cfg.stages.len() {
+            resume::reset_stage_dir(&run_dir.join(cfg.stage_name(i)))?;
+        }
+    }
 
     let data = prepare_data(cfg, &run_dir)?;
     let init = match (&cfg.policy.path, &cfg.policy.tiny) {
         (Some(p), _) => p.clone(),
-        (None, Some(t)) => build_tiny_policy(t, &data, &run_dir.join("init"), cfg.run.seed)?,
+        (None, Some(t)) => {
+            let dir = run_dir.join("init");
+            let train_sha = crate::data::io::sha256_file(&data.train)?;
+            let key = json!({"tiny": t, "seed": cfg.run.seed, "train_sha256": train_sha});
+            resume::prepare_once(&dir, &key, || {
+                build_tiny_policy(t, &data, &dir, cfg.run.seed).map(|_| ())
+            })?;
+            dir
+        }
         (None, None) => {
             return Err(StageError::Invalid {
                 stage: "policy".into(),
@@ -321,6 +386,32 @@ fn run_one(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
     };
     let mut out: Vec<StageSummary> = Vec::new();
     for (i, st) in cfg.stages.iter().enumerate() {
+        if resume::shutdown_requested() {
+            return Err(resume::stopped(
+                &cfg.stage_name(i),
+                &run_dir,
+                "before the stage started",
+            ));
+        }
+        let stage_dir = run_dir.join(cfg.stage_name(i));
+        if resume && let Some(done) = resume::read_done(&stage_dir)? {
+            if done.output.exists() {
+                tracing::info!(stage = %done.name, "finished before the resume: skipped");
+                out.push(done);
+                continue;
+            }
+            tracing::warn!(
+                stage = %done.name,
+                output = %done.output.display(),
+                "marked done but its output is missing: running it again"
+            );
+        }
+        let resumed_st = if resume {
+            resumable(st, &stage_dir, &cfg.stage_name(i))?
+        } else {
+            None
+        };
+        let st = resumed_st.as_ref().unwrap_or(st);
         let from = cfg.input_of(i);
         let input = from.map_or_else(|| init.clone(), |j| out[j].output.clone());
         // experts: from the nearest stage up the input chain that wrote some
@@ -359,8 +450,35 @@ fn run_one(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
                 });
             }
         };
+        resume::write_done(&stage_dir, &summary)?;
         tracing::info!("{summary}");
         out.push(summary);
     }
     Ok(out)
+}
+
+/// The stage configured to continue from its newest complete checkpoint, or `None` to run it
+/// from scratch (no checkpoint yet, or a kind that cannot resume: its earlier outputs are
+/// removed).
+fn resumable(st: &StageConfig, stage_dir: &Path, name: &str) -> Result<Option<StageConfig>> {
+    checkpoint::remove_stale(stage_dir)?;
+    let Some((step, ckpt)) = checkpoint::newest_complete(stage_dir)? else {
+        resume::reset_stage_dir(stage_dir)?;
+        return Ok(None);
+    };
+    match resume::resume_stage(st, &ckpt) {
+        Some(s) => {
+            tracing::info!(stage = name, step, checkpoint = %ckpt.display(), "resuming the stage");
+            Ok(Some(s))
+        }
+        None => {
+            tracing::warn!(
+                stage = name,
+                kind = st.kind(),
+                "this stage kind cannot resume from a checkpoint yet: restarting it from scratch"
+            );
+            resume::reset_stage_dir(stage_dir)?;
+            Ok(None)
+        }
+    }
 }

@@ -8,6 +8,15 @@
 //! vision tower, periodic eval loss, skipping of non-finite steps, and the output checkpoint
 //! (HF layout + processor files + trainer state) in `run_dir/<name>/final`.
 //!
+//! Checkpoints (`checkpoint-<step>` every `save_every` steps, the newest `keep_checkpoints`
+//! kept, and `final`) go through [`super::checkpoint::write_checkpoint_dir`], so a folder under
+//! its own name is always complete. Per-step metrics are appended to the run's
+//! `run_dir/metrics.jsonl` ([`crate::report::MetricsLog`], stage = the stage name, arm =
+//! [`super::resume::DEFAULT_ARM`]); a resumed stage first drops its records after the
+//! checkpoint's step, so every step is logged exactly once. SFT draws no random numbers besides
+//! the data order, which [`epoch_order`] rebuilds from the seed and the epoch: the trainer state
+//! needs no RNG state.
+//!
 //! Shapes: `input_ids`, `labels`, `attention_mask` `[B, S]`; logits `[B, S, V]`; the loss
 //! compares logits at `t` with labels at `t + 1`. Label value [`IGNORE_INDEX`] = no loss.
 
@@ -20,8 +29,8 @@ use rand::{RngExt, SeedableRng};
 use serde_json::json;
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::metrics_log::MetricsLog;
-use super::{Result, StageContext, StageError, StageSummary};
+use super::checkpoint::{self, write_checkpoint_dir};
+use super::{Result, StageContext, StageError, StageSummary, resume};
 use crate::algo::adamw::{AdamW, LrSchedule, clip_grad_norm};
 use crate::algo::numerics::is_finite;
 use crate::config::{PadSide, SftConfig};
@@ -400,7 +409,7 @@ pub fn copy_processor_files(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Trainer state file next to the checkpoint.
-pub const TRAINER_STATE: &str = "trainer_state.json";
+pub use super::checkpoint::TRAINER_STATE;
 /// AdamW state file next to the checkpoint.
 pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
 
@@ -421,11 +430,60 @@ pub struct TrainerState {
     /// The next record to read.
     pub position: DataPosition,
     pub last_loss: Option<f64>,
+    /// The latest eval loss (the one before training included).
     pub eval_loss: Option<f64>,
+    /// Losses of the first (up to [`LossWindow::LEN`]) finite steps, for the summary.
+    #[serde(default)]
+    pub head_losses: Vec<f64>,
+    /// Losses of the latest (up to [`LossWindow::LEN`]) finite steps, for the summary.
+    #[serde(default)]
+    pub tail_losses: Vec<f64>,
+    /// The eval loss before training, for the summary.
+    #[serde(default)]
+    pub first_eval_loss: Option<f64>,
+}
+
+/// The first and the latest few finite losses of a stage (what its summary reports), carried
+/// through checkpoints so a resumed stage reports what an uninterrupted one would.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossWindow {
+    pub head: Vec<f64>,
+    pub tail: std::collections::VecDeque<f64>,
+}
+
+impl LossWindow {
+    /// Losses kept at each end.
+    pub const LEN: usize = 5;
+
+    /// Adds the loss of the next finite step.
+    pub fn push(&mut self, loss: f64) {
+        if self.head.len() < Self::LEN {
+            self.head.push(loss);
+        }
+        if self.tail.len() == Self::LEN {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(loss);
+    }
+
+    /// Mean of the first losses.
+    pub fn first_mean(&self) -> Option<f64> {
+        mean(self.head.iter().copied())
+    }
+
+    /// Mean of the latest losses.
+    pub fn last_mean(&self) -> Option<f64> {
+        mean(self.tail.iter().copied())
+    }
+}
+
+fn mean(xs: impl ExactSizeIterator<Item = f64>) -> Option<f64> {
+    let n = xs.len();
+    (n > 0).then(|| xs.sum::<f64>() / n as f64)
 }
 
 /// Writes weights, processor files (from `processor_dir`), `trainer_state.json` (with the stage
-/// options) and `optimizer.safetensors` into a `.partial` folder, then renames it to `dir`, so a
+/// options) and `optimizer.safetensors` into `dir` atomically ([`write_checkpoint_dir`]), so a
 /// checkpoint folder is always complete.
 fn save_checkpoint(
     dir: &Path,
@@ -435,27 +493,19 @@ fn save_checkpoint(
     state: &TrainerState,
     cfg: &SftConfig,
 ) -> Result<()> {
-    let mut tmp = dir.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-    }
-    model.save(&tmp)?;
-    copy_processor_files(processor_dir, &tmp)?;
-    Tensor::write_safetensors(&opt.state_tensors(), tmp.join(OPTIMIZER_STATE))?;
-    let state_path = tmp.join(TRAINER_STATE);
-    let mut value = serde_json::to_value(state)
-        .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
-    value["kind"] = json!("sft");
-    value["config"] = json!(cfg);
-    let text = serde_json::to_string_pretty(&value)
-        .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
-    std::fs::write(&state_path, text).map_err(|e| StageError::io(&state_path, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| StageError::io(dir, e))
+    write_checkpoint_dir(dir, |tmp| {
+        model.save(tmp)?;
+        copy_processor_files(processor_dir, tmp)?;
+        Tensor::write_safetensors(&opt.state_tensors(), tmp.join(OPTIMIZER_STATE))?;
+        let state_path = tmp.join(TRAINER_STATE);
+        let mut value = serde_json::to_value(state)
+            .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
+        value["kind"] = json!("sft");
+        value["config"] = json!(cfg);
+        let text = serde_json::to_string_pretty(&value)
+            .map_err(|e| StageError::io(&state_path, std::io::Error::other(e.to_string())))?;
+        std::fs::write(&state_path, text).map_err(|e| StageError::io(&state_path, e))
+    })
 }
 
 /// Reads a checkpoint's trainer state and restores the optimizer from it.
@@ -488,8 +538,10 @@ fn load_resume_state(dir: &Path, opt: &mut AdamW, cfg: &SftConfig) -> Result<Tra
     Ok(state)
 }
 
-/// Runs SFT from the checkpoint `input`; writes `ctx.stage_dir()/final` and
-/// `ctx.stage_dir()/metrics.jsonl`.
+/// Runs SFT from the checkpoint `input`; writes `ctx.stage_dir()/final` (and the periodic
+/// checkpoints) and appends its steps to `ctx.run_dir/metrics.jsonl`. With `resume_from`, the
+/// checkpoint is validated against `input` ([`checkpoint::validate_checkpoint`]) before
+/// anything else is loaded.
 pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<StageSummary> {
     let started = Instant::now();
     let stage = ctx.name.clone();
@@ -513,7 +565,12 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         _ => None,
     };
 
-    // weights (and processor files) come from the resumed checkpoint when there is one
+    if let Some(dir) = &cfg.resume_from {
+        checkpoint::validate_checkpoint(dir, input)?;
+    }
+    // weights (and processor files) come from the resumed checkpoint when there is one; the
+    // processor files written with each checkpoint are copied from the input, which stays put
+    // (the resumed checkpoint may be pruned while the stage runs)
     let weights_dir = cfg.resume_from.as_deref().unwrap_or(input);
     let proc = Processor::from_dir(weights_dir)?;
     let model = Qwen3Vl::load(weights_dir, ctx.device, ctx.kind)?;
@@ -538,12 +595,12 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
 
     let stage_dir = ctx.stage_dir();
     std::fs::create_dir_all(&stage_dir).map_err(|e| StageError::io(&stage_dir, e))?;
-    let log_path = stage_dir.join("metrics.jsonl");
-    let mut log = if resumed.is_some() {
-        MetricsLog::append(&log_path)?
-    } else {
-        MetricsLog::create(&log_path)?
-    };
+    checkpoint::remove_stale(&stage_dir)?;
+    // this stage's records after the resumed step (or all of them, on a fresh start) are
+    // dropped so every step is logged once
+    let log_path = ctx.run_dir.join(crate::report::metrics_log::FILE_NAME);
+    resume::retain_metrics(&log_path, &stage, resumed.as_ref().map(|r| r.step))?;
+    let mut log = resume::StageLog::open(&ctx.run_dir, &stage)?;
     tracing::info!(
         stage = %stage,
         train = %train_path.display(),
@@ -552,16 +609,25 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         "sft: starting"
     );
 
-    let mut eval_losses: Vec<f64> = Vec::new();
+    let mut first_eval: Option<f64> = None;
+    let mut last_eval: Option<f64> = None;
     if let Some(e) = eval.as_ref().filter(|_| resumed.is_none()) {
         let l = eval_loss(&model, &proc, e, cfg, ctx.kind)?;
-        eval_losses.push(l);
-        log.write(&json!({"stage": stage, "step": 0, "eval_loss": l}))?;
+        first_eval = Some(l);
+        last_eval = Some(l);
+        log.write(0, [("eval_loss", l)])?;
     }
 
     let n = train.records.len();
+    let mut losses = LossWindow::default();
     let (first_step, mut pos, mut skipped) = match resumed {
-        Some(r) => (r.step + 1, r.position, r.skipped_steps),
+        Some(r) => {
+            losses.head = r.head_losses;
+            losses.tail = r.tail_losses.into();
+            first_eval = r.first_eval_loss;
+            last_eval = r.eval_loss;
+            (r.step + 1, r.position, r.skipped_steps)
+        }
         None => (
             1,
             DataPosition {
@@ -572,9 +638,27 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         ),
     };
     let mut order = epoch_order(n, ctx.seed, pos.epoch);
-    let mut losses: Vec<f64> = Vec::new();
     let mut in_row = 0u64;
-    let mut last_eval: Option<f64> = None;
+    let trainer_state = |step: u64,
+                         opt: &AdamW,
+                         pos: DataPosition,
+                         skipped: u64,
+                         losses: &LossWindow,
+                         last_eval: Option<f64>| TrainerState {
+        stage: stage.clone(),
+        input: input.to_path_buf(),
+        step,
+        optimizer_steps: opt.step_count(),
+        skipped_steps: skipped,
+        seed: ctx.seed,
+        train_file: train_path.clone(),
+        position: pos,
+        last_loss: losses.tail.back().copied(),
+        eval_loss: last_eval,
+        head_losses: losses.head.clone(),
+        tail_losses: losses.tail.iter().copied().collect(),
+        first_eval_loss: first_eval,
+    };
     for step in first_step..=cfg.steps {
         let t0 = Instant::now();
         // micro-batches of this step, consuming the data order
@@ -647,28 +731,25 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         let secs = t0.elapsed().as_secs_f64();
         metrics::counter!(crate::telemetry::STEPS_TOTAL, "stage" => stage.clone()).increment(1);
         metrics::histogram!(crate::telemetry::STEP_SECONDS, "stage" => stage.clone()).record(secs);
-        let mut rec = json!({
-            "stage": stage,
-            "step": step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens": num_tokens,
-            "label_tokens": num_labels,
-            "tokens_per_s": num_tokens as f64 / secs.max(1e-9),
-            "skipped": !finite,
-            "skipped_total": skipped,
-            "epoch": pos.epoch,
-        });
+        let mut rec = vec![
+            ("loss", loss),
+            ("lr", lr),
+            ("grad_norm", grad_norm),
+            ("tokens", num_tokens as f64),
+            ("label_tokens", num_labels as f64),
+            ("tokens_per_s", num_tokens as f64 / secs.max(1e-9)),
+            ("skipped", f64::from(u8::from(!finite))),
+            ("skipped_total", skipped as f64),
+            ("epoch", pos.epoch as f64),
+        ];
         if let Some(e) = &eval
             && (step % cfg.eval_every == 0 || step == cfg.steps)
         {
             let l = eval_loss(&model, &proc, e, cfg, ctx.kind)?;
-            eval_losses.push(l);
             last_eval = Some(l);
-            rec["eval_loss"] = json!(l);
+            rec.push(("eval_loss", l));
         }
-        log.write(&rec)?;
+        log.write(step, rec)?;
         if in_row >= cfg.max_bad_steps_in_row {
             return Err(StageError::NonFinite {
                 stage: stage.clone(),
@@ -677,47 +758,37 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
                 total: skipped,
             });
         }
-        if in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0 && step < cfg.steps {
-            let state = TrainerState {
-                stage: stage.clone(),
-                input: input.to_path_buf(),
-                step,
-                optimizer_steps: opt.step_count(),
-                skipped_steps: skipped,
-                seed: ctx.seed,
-                train_file: train_path.clone(),
-                position: pos,
-                last_loss: losses.last().copied(),
-                eval_loss: last_eval,
-            };
+        let periodic = in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0;
+        // a shutdown signal: checkpoint now (even mid-streak of skipped steps) and stop
+        let stopping = resume::shutdown_requested();
+        if (periodic || stopping) && step < cfg.steps {
+            let state = trainer_state(step, &opt, pos, skipped, &losses, last_eval);
+            // the log reaches the disk before the checkpoint that covers it
+            log.sync()?;
             save_checkpoint(
-                &stage_dir.join(format!("checkpoint-{step}")),
+                &stage_dir.join(format!("{}{step}", checkpoint::CHECKPOINT_PREFIX)),
                 &model,
-                weights_dir,
+                input,
                 &opt,
                 &state,
                 cfg,
             )?;
+            checkpoint::prune_keep(&stage_dir, cfg.keep_checkpoints)?;
+            if stopping {
+                return Err(resume::stopped(
+                    &stage,
+                    &ctx.run_dir,
+                    &format!("after step {step} (checkpoint-{step} written)"),
+                ));
+            }
         }
     }
 
-    let final_dir = stage_dir.join("final");
-    let state = TrainerState {
-        stage: stage.clone(),
-        input: input.to_path_buf(),
-        step: cfg.steps,
-        optimizer_steps: opt.step_count(),
-        skipped_steps: skipped,
-        seed: ctx.seed,
-        train_file: train_path.clone(),
-        position: pos,
-        last_loss: losses.last().copied(),
-        eval_loss: last_eval,
-    };
-    save_checkpoint(&final_dir, &model, weights_dir, &opt, &state, cfg)?;
+    let final_dir = stage_dir.join(checkpoint::FINAL_DIR);
+    let state = trainer_state(cfg.steps, &opt, pos, skipped, &losses, last_eval);
+    log.sync()?;
+    save_checkpoint(&final_dir, &model, input, &opt, &state, cfg)?;
 
-    let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
-    let k = losses.len().min(5);
     Ok(StageSummary {
         name: stage,
         kind: "sft".into(),
@@ -725,10 +796,10 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         experts: None,
         steps: cfg.steps,
         skipped_steps: skipped,
-        first_loss: mean(&losses[..k]),
-        last_loss: mean(&losses[losses.len() - k..]),
-        first_eval_loss: eval_losses.first().copied(),
-        last_eval_loss: eval_losses.last().copied(),
+        first_loss: losses.first_mean(),
+        last_loss: losses.last_mean(),
+        first_eval_loss: first_eval,
+        last_eval_loss: last_eval,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

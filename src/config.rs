@@ -663,14 +663,20 @@ impl RlvrConfig {
             return err("clip_ratio_low", format!("must be in (0, 1), got {lo}"));
         }
         if !(hi.is_finite() && hi > 0.0) {
-            return err("clip_ratio_high", format!("must be finite and > 0, got {hi}"));
+            return err(
+                "clip_ratio_high",
+                format!("must be finite and > 0, got {hi}"),
+            );
         }
         if let Some(c) = c
             && !(c.is_finite() && c >= 1.0 + hi)
         {
             return err(
                 "clip_ratio_c",
-                format!("must be ≥ 1 + clip_ratio_high = {} (or 0 for off), got {c}", 1.0 + hi),
+                format!(
+                    "must be ≥ 1 + clip_ratio_high = {} (or 0 for off), got {c}",
+                    1.0 + hi
+                ),
             );
         }
         if self.algorithm == RlAlgorithm::Gspo {
@@ -695,8 +701,7 @@ impl RlvrConfig {
                     ),
                 );
             }
-            if !(self.overlong_penalty_factor.is_finite() && self.overlong_penalty_factor >= 0.0)
-            {
+            if !(self.overlong_penalty_factor.is_finite() && self.overlong_penalty_factor >= 0.0) {
                 return err(
                     "overlong_penalty_factor",
                     format!(

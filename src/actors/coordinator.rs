@@ -955,44 +955,46 @@ async fn learning_phase(
         .await?;
         let learn_secs = t0.elapsed().as_secs_f64();
         let n = sb.batch.samples.len();
-        let mut l = lock(&p.ledger);
-        let mut uids: Vec<u64> = sb
-            .batch
-            .samples
-            .iter()
-            .map(|s| s.rollout.prompt_uid)
-            .collect();
-        uids.dedup();
-        for uid in uids {
-            let c = l.processed.entry(uid).or_default();
-            *c += 1;
-            if *c > 1 {
-                return Err(invariant(&p, format!("prompt {uid} was trained twice")));
+        // the ledger lock is a std mutex: scoped so that it is never held across an await
+        let (record, steps_done) = {
+            let mut l = lock(&p.ledger);
+            let mut uids: Vec<u64> = sb
+                .batch
+                .samples
+                .iter()
+                .map(|s| s.rollout.prompt_uid)
+                .collect();
+            uids.dedup();
+            for uid in uids {
+                let c = l.processed.entry(uid).or_default();
+                *c += 1;
+                if *c > 1 {
+                    return Err(invariant(&p, format!("prompt {uid} was trained twice")));
+                }
             }
-        }
-        for s in &sb.batch.samples {
-            let d = (ev - s.rollout.policy_version) as usize;
-            if l.staleness_counts.len() <= d {
-                l.staleness_counts.resize(d + 1, 0);
+            for s in &sb.batch.samples {
+                let d = (ev - s.rollout.policy_version) as usize;
+                if l.staleness_counts.len() <= d {
+                    l.staleness_counts.resize(d + 1, 0);
+                }
+                l.staleness_counts[d] += 1;
             }
-            l.staleness_counts[d] += 1;
-        }
-        l.steps_done += 1;
-        l.rollouts += n as u64;
-        l.tokens += tokens;
-        let rec = l.records.entry(step).or_default();
-        rec.step = step;
-        rec.version = reply.stats.version;
-        rec.loss = reply.stats.loss;
-        rec.rollouts = n;
-        rec.tokens = tokens;
-        rec.max_staleness = max_st;
-        rec.gen_secs = sb.gen_secs;
-        rec.learn_secs = learn_secs;
-        rec.done_at_secs = p.started.elapsed().as_secs_f64();
-        rec.extra = reply.stats.extra.clone();
-        let (record, steps_done) = (rec.clone(), l.steps_done);
-        drop(l);
+            l.steps_done += 1;
+            l.rollouts += n as u64;
+            l.tokens += tokens;
+            let rec = l.records.entry(step).or_default();
+            rec.step = step;
+            rec.version = reply.stats.version;
+            rec.loss = reply.stats.loss;
+            rec.rollouts = n;
+            rec.tokens = tokens;
+            rec.max_staleness = max_st;
+            rec.gen_secs = sb.gen_secs;
+            rec.learn_secs = learn_secs;
+            rec.done_at_secs = p.started.elapsed().as_secs_f64();
+            rec.extra = reply.stats.extra.clone();
+            (rec.clone(), l.steps_done)
+        };
         after_step(&p, record, steps_done).await?;
         let dt = last_done.elapsed().as_secs_f64().max(1e-9);
         last_done = Instant::now();

@@ -563,7 +563,7 @@ impl RlvrConfig {
             RlAlgorithm::Gspo => (3e-4, 4e-4, None, LossAggMode::SeqMeanTokenMean),
         };
         let c = match self.clip_ratio_c {
-            Some(x) if x == 0.0 => None,
+            Some(0.0) => None,
             Some(x) => Some(x),
             None => c,
         };

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod metrics_log;
 pub mod pipeline;
 pub mod prompts;
+pub mod rl;
 pub mod sft;
 
 use std::path::{Path, PathBuf};

@@ -282,6 +282,7 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,
             StageConfig::Eval(e) => eval::run_eval_stage(e, &ctx, &input, data.rl_eval.as_deref())?,
+            StageConfig::Rlvr(r) => super::rl::run_rlvr(r, &ctx, &input, &cfg.actors)?,
             other => {
                 return Err(StageError::Invalid {
                     stage: ctx.name,

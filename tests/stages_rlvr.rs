@@ -400,6 +400,23 @@ fn grouped_advantages_are_the_ones_of_prism_algo() {
     let a0 = (1.0 - m) / (sd + 1e-6);
     assert!((adv.double_value(&[0, 0]) - a0).abs() < 1e-5);
 
+    // DAPO overlong shaping: −max(0, L − (max − buffer))/buffer added to the score
+    let dapo = options(|c| {
+        c.algorithm = RlAlgorithm::Dapo;
+        c.max_new_tokens = 6;
+        c.overlong_buffer_len = 4;
+        c.warmup_steps = Some(0);
+    });
+    let shaped = batch_rewards(&batch, &dapo).unwrap();
+    let want: Vec<f32> = expect_scores
+        .iter()
+        .zip(lens)
+        .map(|(s, l)| s - (l as f32 - 2.0).max(0.0) / 4.0)
+        .collect();
+    for (a, b) in shaped.score.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-6, "{:?} vs {want:?}", shaped.score);
+    }
+
     // alignment: PRISM's multi-reward advantage of the experts' scores
     let mut batch = scored(&prompts, &rollouts, &acc, &fmt, StageKind::Align, 3);
     let cap = [0.3f32, -1.0, 0.8, 0.1, 0.0, 0.5];
@@ -458,6 +475,33 @@ fn mini_batches_make_the_ratio_differ_from_one() {
     // log-probs: its ratio is off 1 (and with lr 1e-2 some tokens get clipped)
     assert!(extra(&s2, "ppo_kl").abs() > 1e-4, "{:?}", s2.extra);
     assert!(extra(&s2, "pg_clipfrac") > 0.0, "{:?}", s2.extra);
+}
+
+#[test]
+fn kl_to_the_input_policy_and_gspo_train() {
+    let (mut pol, items) = policy_engine(4);
+    let prompts = &items[..2];
+    let rs = pol.generate(prompts, 4, &sampling(4, 10)).unwrap();
+    let acc = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+    let batch = scored(prompts, &rs, &acc, &[1.0; 8], StageKind::Rlvr, 4);
+    // KL (k3) to the frozen input policy: 0 before the policy moves, > 0 after
+    let mut k = learner(options(|c| {
+        c.kl_coef = 0.5;
+        c.lr = 1e-2;
+    }));
+    let s1 = k.step(&batch).unwrap();
+    assert!(extra(&s1, "kl").abs() < 1e-6, "{:?}", s1.extra);
+    let s2 = k.step(&batch).unwrap();
+    assert!(extra(&s2, "kl") > 1e-6, "{:?}", s2.extra);
+    // GSPO: sequence ratio, seq-mean-token-mean; trains and moves the weights
+    let mut g = learner(options(|c| {
+        c.algorithm = RlAlgorithm::Gspo;
+        c.warmup_ratio = Some(0.0);
+    }));
+    let w0 = weights(g.model());
+    let s = g.step(&batch).unwrap();
+    assert!(s.loss.is_finite() && extra(&s, "grad_norm") > 0.0);
+    assert!(max_abs_diff(&w0, &weights(g.model())) > 1e-6);
 }
 
 #[test]

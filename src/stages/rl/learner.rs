@@ -615,3 +615,19 @@ impl LearnerEngine for QwenLearner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_mask_covers_each_response() {
+        let m = length_mask(&[2, 0, 3]).unwrap();
+        assert_eq!(m.size(), [3, 3]);
+        let v = Vec::<f32>::try_from(m.flatten(0, -1)).unwrap();
+        assert_eq!(v, [1., 1., 0., 0., 0., 0., 1., 1., 1.]);
+        // an empty batch or only empty responses still gives one column
+        assert_eq!(length_mask(&[0]).unwrap().size(), [1, 1]);
+        assert_eq!(length_mask(&[]).unwrap().size(), [0, 1]);
+    }
+}

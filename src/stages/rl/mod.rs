@@ -401,3 +401,81 @@ pub fn run_rlvr(
     let opts = RlOptions::from_rlvr(cfg, ctx.seed)?;
     run_actor_stage(&opts, StageKind::Rlvr, ctx, input, actors, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_resolve_to_the_paper_settings() {
+        let grpo = RlOptions::from_rlvr(&RlvrConfig::default(), 9).unwrap();
+        assert_eq!(grpo.loss, PolicyLoss::grpo());
+        assert_eq!(grpo.schedule, LrSchedule::Constant);
+        assert_eq!((grpo.adamw.lr, grpo.adamw.weight_decay), (1e-6, 0.01));
+        assert_eq!(grpo.sampling.seed, 9);
+        assert_eq!((grpo.sampling.temperature, grpo.sampling.top_k), (1.0, -1));
+        let dapo = RlvrConfig {
+            algorithm: RlAlgorithm::Dapo,
+            ..RlvrConfig::default()
+        };
+        let o = RlOptions::from_rlvr(&dapo, 0).unwrap();
+        assert_eq!(o.loss, PolicyLoss::dapo());
+        assert!(o.dynamic_sampling);
+        assert_eq!(o.overlong, Some(OverlongBuffer::dapo(8192)));
+        let gspo = RlvrConfig {
+            algorithm: RlAlgorithm::Gspo,
+            lr_scheduler: LrScheduler::Cosine,
+            mini_batches: 2,
+            ..RlvrConfig::default()
+        };
+        let o = RlOptions::from_rlvr(&gspo, 0).unwrap();
+        assert_eq!(o.loss, PolicyLoss::gspo());
+        // 5 % of 1500 steps × 2 updates
+        assert_eq!(
+            o.schedule,
+            LrSchedule::CosineWithWarmup {
+                warmup_steps: 150,
+                total_steps: 3000
+            }
+        );
+        // explicit options win over the preset; c = 0 turns the dual clip off
+        let custom = RlvrConfig {
+            clip_ratio_low: Some(0.1),
+            clip_ratio_high: Some(0.3),
+            clip_ratio_c: Some(0.0),
+            kl_coef: 0.01,
+            kl_estimator: KlEstimatorName::K1,
+            ..RlvrConfig::default()
+        };
+        let o = RlOptions::from_rlvr(&custom, 0).unwrap();
+        assert_eq!(
+            o.loss.clip,
+            Clip::Decoupled {
+                low: 0.1,
+                high: 0.3
+            }
+        );
+        assert_eq!(o.loss.dual_clip, None);
+        assert_eq!(
+            o.loss.kl,
+            KlPenalty::Loss {
+                estimator: KlEstimator::K1,
+                coef: 0.01,
+                straight_through: false
+            }
+        );
+    }
+
+    #[test]
+    fn sample_seeds_differ_by_seed_uid_and_index() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..4 {
+            for uid in 0..16 {
+                for j in 0..8 {
+                    assert!(seen.insert(sample_seed(seed, uid, j)));
+                }
+            }
+        }
+        assert_eq!(sample_seed(1, 2, 3), sample_seed(1, 2, 3));
+    }
+}

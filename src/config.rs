@@ -266,8 +266,8 @@ pub enum StageConfig {
     Warmup(toml::Table),
     /// PRISM alignment (not built yet: rejected by validation).
     Align(toml::Table),
-    /// RLVR (not built yet: rejected by validation).
-    Rlvr(toml::Table),
+    /// RLVR with a verifiable reward (GRPO, DAPO or GSPO) on the actor runtime.
+    Rlvr(RlvrConfig),
     /// Evaluation of the incoming checkpoint on an RL parquet (accuracy, format-valid rate,
     /// perception- and reasoning-error rates); its output is its input, unchanged.
     Eval(EvalStageConfig),
@@ -429,6 +429,359 @@ impl SftConfig {
     }
 }
 
+/// The policy-gradient algorithm of an RLVR stage (PRISM_ALGORITHM.md §6). Each one is a preset
+/// of the options left unset in [`RlvrConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RlAlgorithm {
+    /// Vanilla PPO loss, clip 0.2/0.2, dual clip 3, token-mean, wd 0.01, no warm-up.
+    #[default]
+    Grpo,
+    /// GRPO plus clip-higher 0.2/0.28, dual clip 10, wd 0.1, 10 warm-up steps, dynamic sampling
+    /// and overlong shaping.
+    Dapo,
+    /// Sequence-level ratio, clip 3e-4/4e-4, seq-mean-token-mean, wd 0.1, 5 % warm-up.
+    Gspo,
+}
+
+/// verl's `loss_agg_mode` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossAggMode {
+    TokenMean,
+    SeqMeanTokenMean,
+    SeqMeanTokenSum,
+    SeqMeanTokenSumNorm,
+}
+
+/// verl's KL estimator names (`k1` = "kl", `k2` = "mse", `k3` = "low_var_kl", `abs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimatorName {
+    K1,
+    K2,
+    #[default]
+    K3,
+    Abs,
+}
+
+/// The learning-rate schedule of an RL stage (multiplies `lr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScheduler {
+    /// Linear warm-up, then constant (the paper's RL stages).
+    #[default]
+    Constant,
+    /// Linear warm-up, then half a cosine to 0 at the last update.
+    Cosine,
+}
+
+/// `kind = "rlvr"` options. Fields left unset take the value of `algorithm`'s preset (the
+/// paper's scripts, PRISM_ALGORITHM.md §6.1); everything else defaults to the paper's GRPO run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlvrConfig {
+    /// Stage name: outputs go to `run_dir/<name>/`. Default: `rlvr-<i>`.
+    pub name: Option<String>,
+    /// `grpo`, `dapo` or `gspo`.
+    pub algorithm: RlAlgorithm,
+    /// Training steps (fewer if the prompts of all passes run out).
+    pub steps: u64,
+    /// Prompts per step (`data.train_batch_size`).
+    pub prompts_per_step: usize,
+    /// Samples per prompt (`rollout.n`, the group size).
+    pub samples_per_prompt: usize,
+    /// Rollout temperature (0 = greedy).
+    pub temperature: f64,
+    /// Rollout nucleus mass.
+    pub top_p: f64,
+    /// Longest response in tokens (the stop token not counted).
+    pub max_new_tokens: usize,
+    /// Prompts longer than this (image tokens included) are left out and reported.
+    pub max_prompt_tokens: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// LR schedule after the warm-up.
+    pub lr_scheduler: LrScheduler,
+    /// Warm-up as a fraction of the updates. Default: GRPO 0, DAPO none (see `warmup_steps`),
+    /// GSPO 0.05.
+    pub warmup_ratio: Option<f64>,
+    /// Warm-up in updates (wins over `warmup_ratio`). Default: DAPO 10.
+    pub warmup_steps: Option<u64>,
+    /// Decoupled weight decay of matrices. Default: GRPO 0.01, DAPO and GSPO 0.1.
+    pub weight_decay: Option<f64>,
+    /// Gradient clipping threshold (total 2-norm).
+    pub max_grad_norm: f64,
+    /// Lower clip ε. Default: GRPO / DAPO 0.2, GSPO 3e-4.
+    pub clip_ratio_low: Option<f64>,
+    /// Upper clip ε. Default: GRPO 0.2, DAPO 0.28, GSPO 4e-4.
+    pub clip_ratio_high: Option<f64>,
+    /// Dual-clip constant c; 0 turns it off. Default: GRPO 3, DAPO 10, GSPO off.
+    pub clip_ratio_c: Option<f64>,
+    /// Loss aggregation. Default: GRPO / DAPO token-mean, GSPO seq-mean-token-mean.
+    pub loss_agg_mode: Option<LossAggMode>,
+    /// Coefficient of the KL-to-input-policy loss; 0 = none (no reference model is loaded).
+    pub kl_coef: f64,
+    /// KL estimator of the KL loss.
+    pub kl_estimator: KlEstimatorName,
+    /// Entropy bonus coefficient (0 in every PRISM stage).
+    pub entropy_coef: f64,
+    /// Policy updates per step: the batch is split into this many mini-batches, each one an
+    /// optimizer step (so from the second on the ratio to the behaviour policy is not 1).
+    pub mini_batches: usize,
+    /// Passes over the prompts.
+    pub passes: usize,
+    /// RL parquet of training prompts. Default: the prepared `rl_train.parquet`.
+    pub data: Option<PathBuf>,
+    /// Use only the first `limit` rows.
+    pub limit: Option<usize>,
+    /// Sampling seed; default: the run seed.
+    pub seed: Option<u64>,
+    /// Write `run_dir/<name>/checkpoint-<step>` every this many steps; 0 = only `final`.
+    pub save_every: u64,
+    /// Continue from a `checkpoint-<step>` (or `final`) folder written by this stage.
+    pub resume_from: Option<PathBuf>,
+    /// Consecutive non-finite steps after which the stage stops with an error.
+    pub max_bad_steps_in_row: u64,
+    /// DAPO dynamic sampling: drop groups whose accuracy does not vary. Default: DAPO on.
+    pub dynamic_sampling: Option<bool>,
+    /// DAPO overlong reward shaping. Default: DAPO on.
+    pub overlong_buffer: Option<bool>,
+    /// Length of the overlong penalty zone before `max_new_tokens` (DAPO 4096).
+    pub overlong_buffer_len: usize,
+    /// Penalty at `max_new_tokens` (DAPO 1.0).
+    pub overlong_penalty_factor: f64,
+    /// Fault injection for tests: the loss of these (1-based) steps is multiplied by NaN.
+    pub inject_nan_steps: Vec<u64>,
+}
+
+impl Default for RlvrConfig {
+    fn default() -> Self {
+        RlvrConfig {
+            name: None,
+            algorithm: RlAlgorithm::Grpo,
+            steps: 1500,
+            prompts_per_step: 32,
+            samples_per_prompt: 16,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 8192,
+            max_prompt_tokens: 2048,
+            lr: 1e-6,
+            lr_scheduler: LrScheduler::Constant,
+            warmup_ratio: None,
+            warmup_steps: None,
+            weight_decay: None,
+            max_grad_norm: 1.0,
+            clip_ratio_low: None,
+            clip_ratio_high: None,
+            clip_ratio_c: None,
+            loss_agg_mode: None,
+            kl_coef: 0.0,
+            kl_estimator: KlEstimatorName::K3,
+            entropy_coef: 0.0,
+            mini_batches: 1,
+            passes: 1,
+            data: None,
+            limit: None,
+            seed: None,
+            save_every: 120,
+            resume_from: None,
+            max_bad_steps_in_row: 5,
+            dynamic_sampling: None,
+            overlong_buffer: None,
+            overlong_buffer_len: 4096,
+            overlong_penalty_factor: 1.0,
+            inject_nan_steps: Vec::new(),
+        }
+    }
+}
+
+impl RlvrConfig {
+    /// Weight decay after the algorithm's preset.
+    pub fn resolved_weight_decay(&self) -> f64 {
+        self.weight_decay.unwrap_or(match self.algorithm {
+            RlAlgorithm::Grpo => 0.01,
+            RlAlgorithm::Dapo | RlAlgorithm::Gspo => 0.1,
+        })
+    }
+
+    /// Warm-up in optimizer updates, for `updates` updates in all.
+    pub fn resolved_warmup_steps(&self, updates: u64) -> u64 {
+        if let Some(w) = self.warmup_steps {
+            return w;
+        }
+        let ratio = self.warmup_ratio.unwrap_or(match self.algorithm {
+            RlAlgorithm::Grpo => 0.0,
+            RlAlgorithm::Dapo => return 10,
+            RlAlgorithm::Gspo => 0.05,
+        });
+        (ratio * updates as f64).ceil() as u64
+    }
+
+    /// (clip low, clip high, dual clip c (None = off), aggregation) after the preset.
+    pub fn resolved_clip(&self) -> (f64, f64, Option<f64>, LossAggMode) {
+        let (lo, hi, c, agg) = match self.algorithm {
+            RlAlgorithm::Grpo => (0.2, 0.2, Some(3.0), LossAggMode::TokenMean),
+            RlAlgorithm::Dapo => (0.2, 0.28, Some(10.0), LossAggMode::TokenMean),
+            RlAlgorithm::Gspo => (3e-4, 4e-4, None, LossAggMode::SeqMeanTokenMean),
+        };
+        let c = match self.clip_ratio_c {
+            Some(0.0) => None,
+            Some(x) => Some(x),
+            None => c,
+        };
+        (
+            self.clip_ratio_low.unwrap_or(lo),
+            self.clip_ratio_high.unwrap_or(hi),
+            c,
+            self.loss_agg_mode.unwrap_or(agg),
+        )
+    }
+
+    /// Whether DAPO dynamic sampling and overlong shaping are on, after the preset.
+    pub fn resolved_dapo(&self) -> (bool, bool) {
+        let dapo = self.algorithm == RlAlgorithm::Dapo;
+        (
+            self.dynamic_sampling.unwrap_or(dapo),
+            self.overlong_buffer.unwrap_or(dapo),
+        )
+    }
+
+    /// Checks the options; `key(field)` names the field, errors are `(key, message)`.
+    /// `synth_data`: the run generates `rl_train.parquet` (so `data` may stay unset).
+    pub fn validate(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        synth_data: bool,
+    ) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((key(k), m));
+        for (k, v) in [
+            ("steps", self.steps as usize),
+            ("prompts_per_step", self.prompts_per_step),
+            ("samples_per_prompt", self.samples_per_prompt),
+            ("max_new_tokens", self.max_new_tokens),
+            ("max_prompt_tokens", self.max_prompt_tokens),
+            ("mini_batches", self.mini_batches),
+            ("passes", self.passes),
+            ("max_bad_steps_in_row", self.max_bad_steps_in_row as usize),
+        ] {
+            if v == 0 {
+                return err(k, "must be at least 1".into());
+            }
+        }
+        if self.limit == Some(0) {
+            return err("limit", "must be at least 1 when set".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return err(
+                "temperature",
+                format!("must be finite and ≥ 0, got {}", self.temperature),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return err("top_p", format!("must be in (0, 1], got {}", self.top_p));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return err("lr", format!("must be finite and > 0, got {}", self.lr));
+        }
+        if let Some(r) = self.warmup_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return err("warmup_ratio", format!("must be in [0, 1], got {r}"));
+        }
+        let updates = self.steps * self.mini_batches as u64;
+        if self.resolved_warmup_steps(updates) > updates {
+            return err(
+                "warmup_steps",
+                format!("longer than the {updates} updates of the stage"),
+            );
+        }
+        let wd = self.resolved_weight_decay();
+        if !(wd.is_finite() && wd >= 0.0) {
+            return err("weight_decay", format!("must be finite and ≥ 0, got {wd}"));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return err(
+                "max_grad_norm",
+                format!("must be finite and > 0, got {}", self.max_grad_norm),
+            );
+        }
+        if !(self.kl_coef.is_finite() && self.kl_coef >= 0.0) {
+            return err(
+                "kl_coef",
+                format!("must be finite and ≥ 0, got {}", self.kl_coef),
+            );
+        }
+        if !self.entropy_coef.is_finite() {
+            return err(
+                "entropy_coef",
+                format!("must be finite, got {}", self.entropy_coef),
+            );
+        }
+        let (lo, hi, c, agg) = self.resolved_clip();
+        if !(lo.is_finite() && lo > 0.0 && lo < 1.0) {
+            return err("clip_ratio_low", format!("must be in (0, 1), got {lo}"));
+        }
+        if !(hi.is_finite() && hi > 0.0) {
+            return err(
+                "clip_ratio_high",
+                format!("must be finite and > 0, got {hi}"),
+            );
+        }
+        if let Some(c) = c
+            && !(c.is_finite() && c >= 1.0 + hi)
+        {
+            return err(
+                "clip_ratio_c",
+                format!(
+                    "must be ≥ 1 + clip_ratio_high = {} (or 0 for off), got {c}",
+                    1.0 + hi
+                ),
+            );
+        }
+        if self.algorithm == RlAlgorithm::Gspo {
+            if c.is_some() {
+                return err("clip_ratio_c", "GSPO has no dual clip: set it to 0".into());
+            }
+            if agg != LossAggMode::SeqMeanTokenMean {
+                return err(
+                    "loss_agg_mode",
+                    "GSPO is a per-sequence objective and needs seq-mean-token-mean".into(),
+                );
+            }
+        }
+        let (_, overlong) = self.resolved_dapo();
+        if overlong {
+            if self.overlong_buffer_len == 0 || self.overlong_buffer_len > self.max_new_tokens {
+                return err(
+                    "overlong_buffer_len",
+                    format!(
+                        "must be in [1, max_new_tokens = {}], got {}",
+                        self.max_new_tokens, self.overlong_buffer_len
+                    ),
+                );
+            }
+            if !(self.overlong_penalty_factor.is_finite() && self.overlong_penalty_factor >= 0.0) {
+                return err(
+                    "overlong_penalty_factor",
+                    format!(
+                        "must be finite and ≥ 0, got {}",
+                        self.overlong_penalty_factor
+                    ),
+                );
+            }
+        }
+        if self.data.is_none() && !synth_data {
+            return err(
+                "data",
+                "no RL prompts: set it to an RL parquet, or use synthetic data".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl RunConfig {
     /// Reads `path`, applies `--set key=value` overrides, deserialises and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig, ConfigError> {
@@ -575,6 +928,7 @@ impl RunConfig {
                 }
             }),
             StageConfig::Eval(e) => e.name.clone().unwrap_or_else(|| format!("eval-{i}")),
+            StageConfig::Rlvr(r) => r.name.clone().unwrap_or_else(|| format!("rlvr-{i}")),
             other => format!("{}-{i}", other.kind()),
         }
     }
@@ -818,11 +1172,16 @@ impl RunConfig {
                     }
                     continue;
                 }
+                StageConfig::Rlvr(r) => {
+                    r.validate(&key, self.data.synth.is_some())
+                        .map_err(|(k, m)| bad(&k, m))?;
+                    continue;
+                }
                 other => {
                     return Err(bad(
                         &key("kind"),
                         format!(
-                            "stage kind {:?} is not built yet in this version of prism (only \"sft\" and \"eval\" run)",
+                            "stage kind {:?} is not built yet in this version of prism (only \"sft\", \"eval\" and \"rlvr\" run)",
                             other.kind()
                         ),
                     ));

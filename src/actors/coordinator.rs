@@ -31,6 +31,12 @@
 //! takes no new prompts; steps already in flight are finished within `deadlines.drain_secs`;
 //! then the actors are stopped and the checkpoint hook is called. The same hook is called when
 //! the run fails (with the error) and when it finishes.
+//!
+//! # Periodic checkpoints
+//!
+//! After every trained step the learning phase hands the step's record (with the learner's
+//! metrics) to [`CheckpointHook::after_step`]; when the hook asks for it, the policy state right
+//! after that step is checkpointed ([`CheckpointReason::Periodic`]) before the next step trains.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -89,6 +95,8 @@ pub enum CheckpointReason {
     Interrupted,
     /// The run failed; the error says what failed.
     Failed(String),
+    /// A periodic checkpoint requested by [`CheckpointHook::after_step`]; the run goes on.
+    Periodic,
 }
 
 /// Everything needed to resume a stage exactly where it stopped.
@@ -108,6 +116,13 @@ pub struct StageCheckpoint {
 /// Saves a [`StageCheckpoint`] (runs on a blocking thread; may write files).
 pub trait CheckpointHook: Send + Sync {
     fn checkpoint(&self, ckpt: &StageCheckpoint) -> Result<(), String>;
+    /// Called by the learning phase after every trained step, in step order (runs on a blocking
+    /// thread; may log the step's metrics). Returning `true` asks for a periodic checkpoint of
+    /// the state right after this step ([`CheckpointReason::Periodic`]), taken before the next
+    /// step is trained. The default logs nothing and asks for none.
+    fn after_step(&self, _record: &StepRecord) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// A hook that saves nothing.
@@ -137,6 +152,8 @@ pub struct StepRecord {
     pub done_at_secs: f64,
     pub perception: Option<DiscStats>,
     pub reasoning: Option<DiscStats>,
+    /// The learner's named step metrics ([`super::messages::StepStats::extra`]).
+    pub extra: Vec<(String, f64)>,
 }
 
 /// Busy time of one actor.
@@ -196,6 +213,8 @@ struct Pipe {
     started: Instant,
     /// Written by the learning phase (and the scoring phase for expert stats).
     ledger: Mutex<Ledger>,
+    /// Told about every step; may ask for periodic checkpoints.
+    hook: Arc<dyn CheckpointHook>,
 }
 
 #[derive(Default)]
@@ -379,6 +398,7 @@ pub async fn run_stage(
         steps,
         started: Instant::now(),
         ledger: Mutex::new(Ledger::default()),
+        hook: hook.clone(),
         spec,
     });
     tracing::info!(
@@ -863,6 +883,38 @@ async fn bt_update(
     Ok(())
 }
 
+/// Hands a trained step to the hook and, when it asks for one, saves a periodic checkpoint of
+/// the policy right after that step (no later step can be trained meanwhile: this runs inside
+/// the learning phase).
+async fn after_step(p: &Arc<Pipe>, record: StepRecord, steps_done: u64) -> Result<(), StageError> {
+    let hook = p.hook.clone();
+    let checkpoint_err = |msg: String| StageError::Checkpoint {
+        reason: format!("{:?}", CheckpointReason::Periodic),
+        msg,
+    };
+    let wanted = tokio::task::spawn_blocking(move || hook.after_step(&record))
+        .await
+        .unwrap_or_else(|e| Err(format!("checkpoint hook panicked: {e}")))
+        .map_err(checkpoint_err)?;
+    if !wanted {
+        return Ok(());
+    }
+    let ckpt = StageCheckpoint {
+        stage: p.spec.name.clone(),
+        reason: CheckpointReason::Periodic,
+        steps_done,
+        next_cursor: p.spec.start_cursor + steps_done as usize * p.spec.prompts_per_step,
+        policy: p.kit.policy.latest(),
+        perception: p.kit.perception.latest(),
+        reasoning: p.kit.reasoning.latest(),
+    };
+    let hook = p.hook.clone();
+    tokio::task::spawn_blocking(move || hook.checkpoint(&ckpt))
+        .await
+        .unwrap_or_else(|e| Err(format!("checkpoint hook panicked: {e}")))
+        .map_err(checkpoint_err)
+}
+
 /// Phase 3: check the staleness bound, train, count every prompt as processed.
 async fn learning_phase(
     p: Arc<Pipe>,
@@ -903,42 +955,47 @@ async fn learning_phase(
         .await?;
         let learn_secs = t0.elapsed().as_secs_f64();
         let n = sb.batch.samples.len();
-        let mut l = lock(&p.ledger);
-        let mut uids: Vec<u64> = sb
-            .batch
-            .samples
-            .iter()
-            .map(|s| s.rollout.prompt_uid)
-            .collect();
-        uids.dedup();
-        for uid in uids {
-            let c = l.processed.entry(uid).or_default();
-            *c += 1;
-            if *c > 1 {
-                return Err(invariant(&p, format!("prompt {uid} was trained twice")));
+        // the ledger lock is a std mutex: scoped so that it is never held across an await
+        let (record, steps_done) = {
+            let mut l = lock(&p.ledger);
+            let mut uids: Vec<u64> = sb
+                .batch
+                .samples
+                .iter()
+                .map(|s| s.rollout.prompt_uid)
+                .collect();
+            uids.dedup();
+            for uid in uids {
+                let c = l.processed.entry(uid).or_default();
+                *c += 1;
+                if *c > 1 {
+                    return Err(invariant(&p, format!("prompt {uid} was trained twice")));
+                }
             }
-        }
-        for s in &sb.batch.samples {
-            let d = (ev - s.rollout.policy_version) as usize;
-            if l.staleness_counts.len() <= d {
-                l.staleness_counts.resize(d + 1, 0);
+            for s in &sb.batch.samples {
+                let d = (ev - s.rollout.policy_version) as usize;
+                if l.staleness_counts.len() <= d {
+                    l.staleness_counts.resize(d + 1, 0);
+                }
+                l.staleness_counts[d] += 1;
             }
-            l.staleness_counts[d] += 1;
-        }
-        l.steps_done += 1;
-        l.rollouts += n as u64;
-        l.tokens += tokens;
-        let rec = l.records.entry(step).or_default();
-        rec.step = step;
-        rec.version = reply.stats.version;
-        rec.loss = reply.stats.loss;
-        rec.rollouts = n;
-        rec.tokens = tokens;
-        rec.max_staleness = max_st;
-        rec.gen_secs = sb.gen_secs;
-        rec.learn_secs = learn_secs;
-        rec.done_at_secs = p.started.elapsed().as_secs_f64();
-        drop(l);
+            l.steps_done += 1;
+            l.rollouts += n as u64;
+            l.tokens += tokens;
+            let rec = l.records.entry(step).or_default();
+            rec.step = step;
+            rec.version = reply.stats.version;
+            rec.loss = reply.stats.loss;
+            rec.rollouts = n;
+            rec.tokens = tokens;
+            rec.max_staleness = max_st;
+            rec.gen_secs = sb.gen_secs;
+            rec.learn_secs = learn_secs;
+            rec.done_at_secs = p.started.elapsed().as_secs_f64();
+            rec.extra = reply.stats.extra.clone();
+            (rec.clone(), l.steps_done)
+        };
+        after_step(&p, record, steps_done).await?;
         let dt = last_done.elapsed().as_secs_f64().max(1e-9);
         last_done = Instant::now();
         metrics::counter!(telemetry::STEPS_TOTAL, "stage" => stage.clone()).increment(1);

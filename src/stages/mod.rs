@@ -10,6 +10,7 @@ pub mod eval;
 pub mod pipeline;
 pub mod prompts;
 pub mod resume;
+pub mod rl;
 pub mod sft;
 
 use std::path::{Path, PathBuf};

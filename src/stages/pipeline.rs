@@ -443,6 +443,7 @@ fn run_one(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
             StageConfig::Eval(e) => {
                 eval::run_eval_stage(e, &cfg.eval_label(i), &ctx, &input, data.rl_eval.as_deref())?
             }
+            StageConfig::Rlvr(r) => super::rl::run_rlvr(r, &ctx, &input, &cfg.actors)?,
             other => {
                 return Err(StageError::Invalid {
                     stage: ctx.name,

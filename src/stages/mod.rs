@@ -6,6 +6,7 @@
 //! directory, and returns a [`StageSummary`] whose `output` is the next stage's input.
 
 pub mod eval;
+pub mod expert;
 pub mod metrics_log;
 pub mod pipeline;
 pub mod prompts;

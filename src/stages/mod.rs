@@ -11,6 +11,7 @@ pub mod metrics_log;
 pub mod pipeline;
 pub mod prompts;
 pub mod sft;
+pub mod warmup;
 
 use std::path::{Path, PathBuf};
 

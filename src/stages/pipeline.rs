@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Result, StageContext, StageError, StageSummary, eval, sft};
+use super::{Result, StageContext, StageError, StageSummary, eval, sft, warmup};
 use crate::config::{RunConfig, StageConfig, TinyPolicy};
 use crate::data::sharegpt::{self, ShareGptRecord};
 use crate::data::synth::demo::user_prompt;
@@ -281,6 +281,7 @@ pub fn run_pipeline(cfg: &RunConfig) -> Result<Vec<StageSummary>> {
         };
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,
+            StageConfig::Warmup(w) => warmup::run_warmup(w, &ctx, &input)?,
             StageConfig::Eval(e) => eval::run_eval_stage(e, &ctx, &input, data.rl_eval.as_deref())?,
             other => {
                 return Err(StageError::Invalid {

@@ -124,9 +124,19 @@ impl Default for ExpertOptions {
 impl ExpertOptions {
     /// Checks every field; the error names it.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        self.adamw().validate().map_err(|e| e.to_string())?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(format!("lr: must be finite and > 0, got {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight_decay: must be finite and >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("{name}: must be in [0, 1), got {v}"));
+            }
         }
         if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
             return Err(format!(
@@ -156,7 +166,9 @@ impl ExpertOptions {
             return Err("micro_batch_pairs: must be at least 1".into());
         }
         self.kind()?;
-        Ok(())
+        self.adamw()
+            .validate()
+            .map_err(|e| format!("optimizer: {e}"))
     }
 
     /// The AdamW settings.

@@ -406,13 +406,13 @@ fn ctx(name: &str, seed: u64) -> StageContext {
     }
 }
 
-fn warmup_cfg(steps: u64) -> WarmupConfig {
+fn warmup_cfg(steps: u64, eval_pairs: usize) -> WarmupConfig {
     WarmupConfig {
         steps,
-        batch_size: 8,
-        eval_pairs: 16,
+        batch_size: 6,
+        eval_pairs,
         expert: ExpertOptions {
-            lr: 2e-3,
+            lr: 3e-3,
             ..ExpertOptions::default()
         },
         ..WarmupConfig::default()
@@ -437,7 +437,7 @@ fn warmup_raises_held_out_accuracy_well_above_chance_over_seeds() {
     let mut finals = Vec::new();
     for seed in [1u64, 2, 3] {
         let c = ctx(&format!("trend-{seed}"), seed);
-        let sum = run_warmup(&warmup_cfg(12), &c, &s.policy).unwrap();
+        let sum = run_warmup(&warmup_cfg(7, 16), &c, &s.policy).unwrap();
         assert_eq!(sum.output, s.policy, "the policy passes through");
         let recs = metrics(&c.run_dir);
         let first = &recs[0];
@@ -471,7 +471,7 @@ fn warmup_raises_held_out_accuracy_well_above_chance_over_seeds() {
 #[test]
 fn warmup_writes_loadable_experts_checkpoints_and_resumes_exactly() {
     let s = setup();
-    let mut cfg = warmup_cfg(4);
+    let mut cfg = warmup_cfg(4, 4);
     cfg.save_every = 2;
     let c = ctx("full", 5);
     let sum = run_warmup(&cfg, &c, &s.policy).unwrap();
@@ -525,7 +525,7 @@ fn warmup_writes_loadable_experts_checkpoints_and_resumes_exactly() {
 #[test]
 fn a_shared_moe_expert_trains_on_both_kinds_of_pairs() {
     let s = setup();
-    let mut cfg = warmup_cfg(3);
+    let mut cfg = warmup_cfg(2, 4);
     cfg.experts = ExpertLayout::Shared;
     cfg.init.path = Some(s.moe.clone());
     let c = ctx("shared", 1);
@@ -544,7 +544,7 @@ fn a_shared_moe_expert_trains_on_both_kinds_of_pairs() {
 fn bad_warmup_inputs_are_named() {
     let s = setup();
     // held-out set as large as the file
-    let mut cfg = warmup_cfg(1);
+    let mut cfg = warmup_cfg(1, 4);
     cfg.eval_pairs = s.pairs.len();
     let err = run_warmup(&cfg, &ctx("bad-eval", 1), &s.policy).unwrap_err();
     assert!(err.to_string().contains("eval_pairs"), "{err}");
@@ -554,7 +554,7 @@ fn bad_warmup_inputs_are_named() {
     let mut text = std::fs::read_to_string(good).unwrap();
     text.push_str("{\"prompt\": \"q\"}\n");
     std::fs::write(&bad, text).unwrap();
-    let mut cfg = warmup_cfg(1);
+    let mut cfg = warmup_cfg(1, 4);
     cfg.data = Some(bad);
     let err = run_warmup(&cfg, &ctx("bad-line", 1), &s.policy).unwrap_err();
     let msg = err.to_string();

@@ -540,7 +540,7 @@ impl QwenScorer {
                 * 0.5;
             let mut loss = &bt + l2 * self.opts.l2_coef;
             if let (Some(lb), Some((_, _, coef))) = (&lb, self.moe) {
-                loss = loss + lb * coef;
+                loss += lb * coef;
                 if let Some(x) = report.lb_loss.as_mut() {
                     *x += lb.f_double_value(&[])? * w;
                 }

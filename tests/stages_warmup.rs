@@ -9,15 +9,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use prism::actors::ScorerEngine;
+use prism::actors::config::DeviceSpec;
 use prism::actors::messages::{BtPair, ScoreItem, Segment};
 use prism::config::{ExpertLayout, RunConfig, WarmupConfig};
 use prism::data::ReadOptions;
 use prism::data::warmup::{self, WarmupPair};
 use prism::models::{ModelInputs, Qwen3Vl};
 use prism::stages::expert::{
-    ExpertOptions, PromptContexts, QwenScorer, TinyExpertOptions, build_tiny_expert,
+    ExpertOptions, PromptContexts, QwenScorer, TinyExpertOptions, build_tiny_expert, expert_dirs,
+    scorer_factory,
 };
 use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
+use prism::stages::prompts::PromptStore;
 use prism::stages::warmup::{WarmupPrompts, caption_pair, reasoning_pair, run_warmup};
 use prism::stages::{StageContext, StageError};
 use serde_json::Value;
@@ -486,6 +489,10 @@ fn warmup_writes_loadable_experts_checkpoints_and_resumes_exactly() {
         }
     }
     assert!(fin.join("trainer_state.json").is_file());
+    let (p, r) = expert_dirs(&fin).unwrap();
+    assert_eq!((p, r), (fin.join("perception"), fin.join("reasoning")));
+    let err = expert_dirs(&c.stage_dir()).unwrap_err().to_string();
+    assert!(err.contains("no experts"), "{err}");
     let ck = c.stage_dir().join("checkpoint-2");
     assert!(ck.join("perception").join("model.safetensors").is_file());
     assert!(!c.stage_dir().join("final.partial").exists());
@@ -533,6 +540,8 @@ fn a_shared_moe_expert_trains_on_both_kinds_of_pairs() {
     let d = c.stage_dir().join("final").join("shared");
     let m = Qwen3Vl::load(&d, Device::Cpu, Kind::Float).unwrap();
     assert!(m.config.is_moe());
+    let (p, r) = expert_dirs(&c.stage_dir().join("final")).unwrap();
+    assert!(p == d && r == d);
     let recs = metrics(&c.run_dir);
     let last = recs.last().unwrap();
     for k in ["cap_acc", "cot_acc", "lb_loss_shared", "eval_cap_acc"] {
@@ -607,4 +616,36 @@ fn the_warmup_tiny_config_parses() {
             .iter()
             .any(|s| matches!(s, prism::config::StageConfig::Warmup(_)))
     );
+}
+
+#[test]
+fn the_factory_scores_rl_prompts_with_the_same_context_as_the_warmup() {
+    let s = setup();
+    let proc = prism::models::processor::Processor::from_dir(&s.policy).unwrap();
+    let rl = s.data.rl_train.as_ref().unwrap();
+    let store = Arc::new(PromptStore::load(&proc, rl, Some(6)).unwrap());
+    let factory = scorer_factory(&s.dense, &ExpertOptions::default(), store.clone());
+    let mut engine = factory(DeviceSpec::Cpu).unwrap();
+    let text = &s.pairs[4].teacher_caption;
+    // uid 4 and uid 4 + len (the same row in the next pass) share a context
+    let second_pass = 4 + store.len() as u64;
+    let got = engine
+        .score(&[item(4, text), item(second_pass, text), item(5, text)])
+        .unwrap();
+    assert_eq!(got[0], got[1]);
+    assert_ne!(got[0], got[2]);
+    // the warm-up line of the same item builds the same context: the same score
+    let mut w = scorer(&s.dense, &ExpertOptions::default());
+    let warm = w.score(&[item(4, text)]).unwrap()[0];
+    assert!(
+        (warm - got[0]).abs() < 1e-6,
+        "warm-up {warm} vs alignment {}",
+        got[0]
+    );
+    // a checkpoint without a value head is refused by name
+    let err = scorer_factory(&s.policy, &ExpertOptions::default(), store)(DeviceSpec::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("value head"), "{err}");
 }

@@ -658,6 +658,23 @@ pub fn scorer_factory(dir: &Path, opts: &ExpertOptions, store: Arc<PromptStore>)
     )
 }
 
+/// The perception and reasoning checkpoints in an experts folder written by the warm-up
+/// (`final/` or `checkpoint-<step>/`): `perception/` and `reasoning/`, or one `shared/` model
+/// used for both. An error names what is missing.
+pub fn expert_dirs(experts: &Path) -> Result<(PathBuf, PathBuf)> {
+    let has = |role: &str| experts.join(role).join("config.json").is_file();
+    if has("perception") && has("reasoning") {
+        Ok((experts.join("perception"), experts.join("reasoning")))
+    } else if has("shared") {
+        Ok((experts.join("shared"), experts.join("shared")))
+    } else {
+        Err(invalid(format!(
+            "{}: no experts (expected perception/ and reasoning/, or shared/, each with a config.json)",
+            experts.display()
+        )))
+    }
+}
+
 /// How the tiny experts of the embedded default are made (`[stages.init]` of a warm-up).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

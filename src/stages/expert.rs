@@ -23,7 +23,8 @@
 //! tokens, §11.4): a sequence longer than [`ExpertOptions::max_tokens`] (default: the model's
 //! `max_position_embeddings`) is an error naming the prompt uid. The segment carries its own
 //! tags (`<caption>…</caption>`, `<think>…</think>\n<answer>…</answer>`), as both the policy's
-//! split segments and the teacher's columns do.
+//! split segments and the teacher's columns do. A segment's `tokens` (the policy's ids) are not
+//! used: the expert's tokenizer may differ, and the text is what both sides share.
 //!
 //! **Training.** One Bradley–Terry step per call: scores `s = v[last valid token]` after the
 //! per-token clean-up of §3.3 (non-finite → 0, clamp to ±`score_clip`), loss
@@ -66,8 +67,9 @@ use crate::models::{Heads, Qwen3Vl, ValueHeadConfig};
 pub const OPTIM_PREFIX: &str = "optim/";
 
 /// Training and scoring options of an expert (`[stages.expert]` of a warm-up stage; the
-/// alignment stage's expert table). `Default`: PRISM's warm-up values (§4.1) except the LR,
-/// which suits the tiny models of the embedded default.
+/// alignment stage's expert table). `Default`: PRISM's optimizer (§4.1: lr 1e-5, AdamW
+/// weight decay 0.01, torch betas, grad clip 1.0) with the alignment stage's score clip (10)
+/// and L2 coefficient (0.001), no dropout; the tiny configs raise the LR.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExpertOptions {
@@ -104,7 +106,7 @@ pub struct ExpertOptions {
 impl Default for ExpertOptions {
     fn default() -> Self {
         ExpertOptions {
-            lr: 1e-4,
+            lr: 1e-5,
             weight_decay: 0.01,
             beta1: 0.9,
             beta2: 0.999,

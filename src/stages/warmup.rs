@@ -545,3 +545,34 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
         seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::chat_template::{Content, ContentPart};
+
+    #[test]
+    fn a_warmup_prompt_becomes_system_then_image_then_text() {
+        let m = warmup_messages("How many circles?", true);
+        assert_eq!(m[0], ChatMessage::system(SYSTEM_INSTRUCTION));
+        let Content::Parts(parts) = &m[1].content else {
+            panic!("user turn has no parts: {m:?}")
+        };
+        assert_eq!(parts[0], ContentPart::Image { image: None });
+        assert!(
+            matches!(&parts[1], ContentPart::Text { text } if text.ends_with("How many circles?"))
+        );
+        // explicit placeholders are kept where they are; no image, no image part
+        assert_eq!(warmup_messages("a<image>b", true)[1].num_images(), 1);
+        assert_eq!(warmup_messages("plain", false)[1].num_images(), 0);
+    }
+
+    #[test]
+    fn held_out_accuracy_is_strict_and_the_loss_is_softplus() {
+        let (acc, loss) = acc_and_loss(&[(1.0, 0.0), (0.0, 0.0), (-1.0, 1.0)]);
+        assert!((acc - 1.0 / 3.0).abs() < 1e-12);
+        let sp = |x: f64| (1.0 + x.exp()).ln();
+        let want = (sp(-1.0) + sp(0.0) + sp(2.0)) / 3.0;
+        assert!((loss - want).abs() < 1e-9, "{loss} vs {want}");
+    }
+}

@@ -649,3 +649,28 @@ fn the_factory_scores_rl_prompts_with_the_same_context_as_the_warmup() {
         .to_string();
     assert!(err.contains("value head"), "{err}");
 }
+
+#[test]
+fn a_bfloat16_expert_scores_close_to_float32_and_trains() {
+    let s = setup();
+    let opts = ExpertOptions {
+        lr: 1e-3,
+        ..ExpertOptions::default()
+    };
+    let mut f = scorer(&s.dense, &opts);
+    let mut b = QwenScorer::load(&s.dense, Device::Cpu, Kind::BFloat16, &opts, contexts()).unwrap();
+    let pairs = cap_pairs(0..3);
+    let (sf, sb) = (
+        f.pair_scores(&pairs).unwrap(),
+        b.pair_scores(&pairs).unwrap(),
+    );
+    for ((a, _), (c, _)) in sf.iter().zip(&sb) {
+        assert!((a - c).abs() < 0.05 + 0.02 * a.abs(), "f32 {a} vs bf16 {c}");
+    }
+    let r = b.train_step(&pairs, 1e-3).unwrap();
+    assert!(!r.skipped && r.loss.is_finite(), "{r:?}");
+    assert_eq!(
+        b.model().named_parameters()["score.weight"].kind(),
+        Kind::BFloat16
+    );
+}

@@ -660,6 +660,22 @@ pub fn scorer_factory(dir: &Path, opts: &ExpertOptions, store: Arc<PromptStore>)
     )
 }
 
+/// Fills `dir` through `write(dir.partial)`, then replaces `dir` by it: a reader never sees a
+/// half-written folder (a crash leaves only `.partial`, cleared on the next try).
+pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut tmp = dir.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
+    }
+    write(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| StageError::io(dir, e))
+}
+
 /// The perception and reasoning checkpoints in an experts folder written by the warm-up
 /// (`final/` or `checkpoint-<step>/`): `perception/` and `reasoning/`, or one `shared/` model
 /// used for both. An error names what is missing.
@@ -776,18 +792,10 @@ pub fn build_tiny_expert(
         }
         m
     };
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-    }
-    expert.save(&tmp)?;
-    copy_processor_files(policy_dir, &tmp)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| StageError::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| StageError::io(out, e))?;
+    write_dir_atomically(out, |tmp| {
+        expert.save(tmp)?;
+        copy_processor_files(policy_dir, tmp)
+    })?;
     Ok(out.to_path_buf())
 }
 

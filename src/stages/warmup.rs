@@ -27,7 +27,9 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::expert::{BtReport, PromptContext, PromptContexts, QwenScorer, build_tiny_expert};
+use super::expert::{
+    BtReport, PromptContext, PromptContexts, QwenScorer, build_tiny_expert, write_dir_atomically,
+};
 use super::sft::{DataPosition, OPTIMIZER_STATE, TRAINER_STATE, epoch_order};
 use super::{Result, StageContext, StageError, StageSummary};
 use crate::actors::messages::{BtPair, Segment};
@@ -231,32 +233,23 @@ fn save_experts(
     state: &WarmupState,
     cfg: &WarmupConfig,
 ) -> Result<()> {
-    let mut tmp = dir.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-    }
-    for e in experts {
-        let d = tmp.join(e.role);
-        e.scorer.save(&d, &e.processor_dir)?;
-        Tensor::write_safetensors(
-            &e.scorer.optimizer().state_tensors(),
-            d.join(OPTIMIZER_STATE),
-        )?;
-    }
-    let path = tmp.join(TRAINER_STATE);
-    let mut value = serde_json::to_value(state)
-        .map_err(|e| StageError::io(&path, std::io::Error::other(e.to_string())))?;
-    value["kind"] = serde_json::json!("warmup");
-    value["config"] = serde_json::json!(cfg);
-    let text = serde_json::to_string_pretty(&value)
-        .map_err(|e| StageError::io(&path, std::io::Error::other(e.to_string())))?;
-    std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| StageError::io(dir, e))
+    write_dir_atomically(dir, |tmp| {
+        for e in experts {
+            let d = tmp.join(e.role);
+            e.scorer.save(&d, &e.processor_dir)?;
+            Tensor::write_safetensors(
+                &e.scorer.optimizer().state_tensors(),
+                d.join(OPTIMIZER_STATE),
+            )?;
+        }
+        let path = tmp.join(TRAINER_STATE);
+        let io = |e: serde_json::Error| StageError::io(&path, std::io::Error::other(e.to_string()));
+        let mut value = serde_json::to_value(state).map_err(io)?;
+        value["kind"] = serde_json::json!("warmup");
+        value["config"] = serde_json::json!(cfg);
+        let text = serde_json::to_string_pretty(&value).map_err(io)?;
+        std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))
+    })
 }
 
 fn read_state(dir: &Path) -> Result<WarmupState> {

@@ -262,8 +262,9 @@ impl Default for TinyPolicy {
 pub enum StageConfig {
     /// Supervised fine-tuning on ShareGPT data.
     Sft(SftConfig),
-    /// Discriminator warm-up (not built yet: rejected by validation).
-    Warmup(toml::Table),
+    /// Discriminator warm-up on offline (teacher, student) segment pairs; its output is its
+    /// input, unchanged, and it writes the experts.
+    Warmup(WarmupConfig),
     /// PRISM alignment (not built yet: rejected by validation).
     Align(toml::Table),
     /// RLVR with a verifiable reward (GRPO, DAPO or GSPO) on the actor runtime.
@@ -302,6 +303,117 @@ impl Default for EvalStageConfig {
             batch_size: 8,
             max_new_tokens: 256,
         }
+    }
+}
+
+/// Whether the warm-up trains two dedicated experts or one shared model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertLayout {
+    /// A perception expert on caption pairs and a reasoning expert on reasoning pairs.
+    #[default]
+    Dedicated,
+    /// One model on both kinds of pairs (the original PRISM discriminator).
+    Shared,
+}
+
+/// `[stages.init]` of a warm-up: where the experts start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpertInit {
+    /// An HF checkpoint directory with a value head (and its processor files) that every
+    /// expert starts from. Unset: tiny experts built from the input policy.
+    pub path: Option<PathBuf>,
+    /// How tiny experts are built when `path` is unset.
+    pub tiny: crate::stages::expert::TinyExpertOptions,
+}
+
+/// `kind = "warmup"` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmupConfig {
+    /// Stage name: outputs go to `run_dir/<name>/`. Default: `warmup-<i>`.
+    pub name: Option<String>,
+    /// Optimizer steps of each expert.
+    pub steps: u64,
+    /// Pairs per step per expert (a shared expert gets this many caption pairs and as many
+    /// reasoning pairs).
+    pub batch_size: usize,
+    pub experts: ExpertLayout,
+    pub init: ExpertInit,
+    /// Warm-up pairs JSONL. Default: the synthetic data's `warmup_pairs.jsonl`.
+    pub data: Option<PathBuf>,
+    /// Lines at the end of the file held out for evaluation (never trained on).
+    pub eval_pairs: usize,
+    /// Evaluate on the held-out pairs every this many steps (and before the first and after
+    /// the last); 0: only before and after.
+    pub eval_every: u64,
+    /// Linear LR warm-up over this fraction of the steps, then cosine decay (PRISM 0.1).
+    pub warmup_ratio: f64,
+    /// Optimizer, loss and scoring options of the experts.
+    pub expert: crate::stages::expert::ExpertOptions,
+    /// Write `checkpoint-<step>/` every this many steps; 0: only the final experts.
+    pub save_every: u64,
+    /// Resume from a `checkpoint-<step>/` folder of this stage.
+    pub resume_from: Option<PathBuf>,
+    /// Stop after this many non-finite steps in a row.
+    pub max_bad_steps_in_row: u64,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        WarmupConfig {
+            name: None,
+            steps: 20,
+            batch_size: 8,
+            experts: ExpertLayout::Dedicated,
+            init: ExpertInit::default(),
+            data: None,
+            eval_pairs: 16,
+            eval_every: 0,
+            warmup_ratio: 0.1,
+            expert: crate::stages::expert::ExpertOptions::default(),
+            save_every: 0,
+            resume_from: None,
+            max_bad_steps_in_row: 3,
+        }
+    }
+}
+
+impl WarmupConfig {
+    /// Checks every field; the error is `(key relative to the stage, message)`.
+    pub fn validate(&self, has_synth: bool) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        for (k, v) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size as u64),
+            ("max_bad_steps_in_row", self.max_bad_steps_in_row),
+        ] {
+            if v == 0 {
+                return bad(k, "must be at least 1".into());
+            }
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad(
+                "warmup_ratio",
+                format!("must be in [0, 1], got {}", self.warmup_ratio),
+            );
+        }
+        if let Err(m) = self.expert.validate() {
+            let field = m.split(':').next().unwrap_or("").to_string();
+            return bad(&format!("expert.{field}"), m);
+        }
+        if let Err(m) = self.init.tiny.validate() {
+            let field = m.split(':').next().unwrap_or("").to_string();
+            return bad(&format!("init.tiny.{field}"), m);
+        }
+        if self.data.is_none() && !has_synth {
+            return bad(
+                "data",
+                "no warm-up pairs: set it, or generate synthetic data ([data.synth])".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -929,6 +1041,7 @@ impl RunConfig {
             }),
             StageConfig::Eval(e) => e.name.clone().unwrap_or_else(|| format!("eval-{i}")),
             StageConfig::Rlvr(r) => r.name.clone().unwrap_or_else(|| format!("rlvr-{i}")),
+            StageConfig::Warmup(w) => w.name.clone().unwrap_or_else(|| format!("warmup-{i}")),
             other => format!("{}-{i}", other.kind()),
         }
     }
@@ -1149,6 +1262,11 @@ impl RunConfig {
             }
             let s = match st {
                 StageConfig::Sft(s) => s,
+                StageConfig::Warmup(w) => {
+                    w.validate(self.data.synth.is_some())
+                        .map_err(|(k, m)| bad(&key(&k), m))?;
+                    continue;
+                }
                 StageConfig::Eval(e) => {
                     for (k, v) in [
                         ("batch_size", e.batch_size),

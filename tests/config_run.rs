@@ -116,7 +116,7 @@ fn override_of_a_plain_table() {
 
 #[test]
 fn unbuilt_stage_kinds_are_rejected() {
-    for kind in ["warmup", "align"] {
+    for kind in ["align"] {
         let text = format!("{MINIMAL}\n[[stages]]\nkind = \"{kind}\"\nsteps = 3\n");
         let e = err(&text, &[]);
         assert!(

@@ -57,8 +57,8 @@ use super::expert::{BtReply, ExpertMsg, ScoreReply};
 use super::generator::{GenerateRequest, GeneratorMsg};
 use super::learner::{LearnerMsg, StepReply};
 use super::messages::{
-    BtPair, Demo, DiscStats, PromptItem, RewardOutcome, Rollout, SamplingParams, ScoredSample,
-    Segment, StageKind, TrainBatch, WeightsSnapshot,
+    BtPair, Demo, DiscStats, PromptItem, RewardOutcome, Rollout, SamplingParams, ScoreItem,
+    ScoredSample, Segment, StageKind, TrainBatch, WeightsSnapshot,
 };
 use super::reward::RewardMsg;
 use super::supervisor::{
@@ -785,12 +785,20 @@ fn expert(p: &Pipe, perception: bool) -> &Slot<ExpertMsg> {
 async fn score_samples(p: &Pipe, samples: &mut [ScoredSample]) -> Result<(), StageError> {
     let deadline = config::secs(p.ctx.cfg.deadlines.score_secs);
     let pick = |f: fn(&RewardOutcome) -> &Option<Segment>| {
-        let (idx, segs): (Vec<usize>, Vec<Segment>) = samples
+        let (idx, items): (Vec<usize>, Vec<ScoreItem>) = samples
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| f(&s.reward).clone().map(|g| (i, g)))
+            .filter_map(|(i, s)| {
+                f(&s.reward).clone().map(|segment| {
+                    let item = ScoreItem {
+                        prompt_uid: s.rollout.prompt_uid,
+                        segment,
+                    };
+                    (i, item)
+                })
+            })
             .unzip();
-        (idx, Arc::new(segs))
+        (idx, Arc::new(items))
     };
     let (cap_idx, caps) = pick(|o| &o.caption);
     let (cot_idx, cots) = pick(|o| &o.reasoning);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::config::DeviceSpec;
 use super::messages::{
-    BtPair, Demo, DiscStats, PromptItem, RewardOutcome, Rollout, SamplingParams, Segment,
+    BtPair, Demo, DiscStats, PromptItem, RewardOutcome, Rollout, SamplingParams, ScoreItem,
     StepStats, TrainBatch, WeightsSnapshot,
 };
 
@@ -45,9 +45,11 @@ pub trait LearnerEngine {
 }
 
 /// A perception or reasoning expert: scores segments and trains as a Bradley–Terry
-/// discriminator (teacher ≻ student).
+/// discriminator (teacher ≻ student). Both calls see each segment with its prompt's uid:
+/// the engine scores the prompt's context followed by the segment.
 pub trait ScorerEngine {
-    fn score(&mut self, segments: &[Segment]) -> EngineResult<Vec<f32>>;
+    /// One score per item, in order.
+    fn score(&mut self, items: &[ScoreItem]) -> EngineResult<Vec<f32>>;
     fn bt_step(&mut self, pairs: &[BtPair]) -> EngineResult<DiscStats>;
     fn snapshot(&mut self, version: u64) -> EngineResult<WeightsSnapshot>;
     fn restore(&mut self, weights: &WeightsSnapshot) -> EngineResult<()>;

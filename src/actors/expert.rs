@@ -12,7 +12,7 @@ use super::compute::{BusyMeter, ComputeThread};
 use super::config::DeviceSpec;
 use super::engine::{ScorerEngine, ScorerFactory};
 use super::faults::FaultInjector;
-use super::messages::{BtPair, DiscStats, Segment};
+use super::messages::{BtPair, DiscStats, ScoreItem};
 use super::weights::WeightsBus;
 
 /// Scores and the expert version that produced them.
@@ -30,7 +30,8 @@ pub struct BtReply {
 }
 
 pub enum ExpertMsg {
-    Score(Arc<Vec<Segment>>, RpcReplyPort<ScoreReply>),
+    /// Scores each segment in the context of its prompt.
+    Score(Arc<Vec<ScoreItem>>, RpcReplyPort<ScoreReply>),
     /// One Bradley–Terry update if the expert is at `expected_version`.
     BtStep {
         expected_version: u64,
@@ -107,9 +108,9 @@ impl Actor for ExpertActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ExpertMsg::Score(segments, reply) => {
+            ExpertMsg::Score(items, reply) => {
                 state.faults.apply(&state.stage, "score").await?;
-                let r = score(state, segments).await?;
+                let r = score(state, items).await?;
                 let _ = reply.send(r);
             }
             ExpertMsg::BtStep {
@@ -129,22 +130,26 @@ impl Actor for ExpertActor {
     }
 }
 
-async fn score(s: &mut ExpertState, segments: Arc<Vec<Segment>>) -> Result<ScoreReply, String> {
-    let n = segments.len();
+async fn score(s: &mut ExpertState, items: Arc<Vec<ScoreItem>>) -> Result<ScoreReply, String> {
+    let n = items.len();
+    let uids: Vec<u64> = items.iter().map(|x| x.prompt_uid).collect();
     let scores = s
         .compute
-        .run(move |e| e.score(&segments))
+        .run(move |e| e.score(&items))
         .await
         .map_err(|e| format!("{}: score: {e}", s.name))?;
     if scores.len() != n {
         return Err(format!(
-            "{}: engine returned {} scores for {n} segments",
+            "{}: engine returned {} scores for {n} items",
             s.name,
             scores.len()
         ));
     }
     if let Some(i) = scores.iter().position(|x| !x.is_finite()) {
-        return Err(format!("{}: score of segment {i} is {}", s.name, scores[i]));
+        return Err(format!(
+            "{}: score of item {i} (prompt {}) is {}",
+            s.name, uids[i], scores[i]
+        ));
     }
     Ok(ScoreReply {
         scores,

@@ -66,6 +66,15 @@ pub struct Segment {
     pub text: String,
 }
 
+/// One segment to score, with the prompt it answers: an expert scores *prompt + segment*
+/// (the perception expert sees the prompt's image), so the engine rebuilds the context from
+/// `prompt_uid`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreItem {
+    pub prompt_uid: u64,
+    pub segment: Segment,
+}
+
 /// The teacher's demonstration for a prompt (text only: no teacher logits are ever needed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Demo {

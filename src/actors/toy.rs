@@ -25,8 +25,8 @@ use super::engine::{
     RewardEngine, RewardFactory, ScorerEngine, ScorerFactory, TeacherBackend, TeacherFactory,
 };
 use super::messages::{
-    BtPair, Demo, DiscStats, PromptItem, RewardOutcome, Rollout, SamplingParams, Segment,
-    StageKind, StepStats, TrainBatch, WeightsSnapshot,
+    BtPair, Demo, DiscStats, PromptItem, RewardOutcome, Rollout, SamplingParams, ScoreItem,
+    Segment, StageKind, StepStats, TrainBatch, WeightsSnapshot,
 };
 use super::weights::{load_into_tensors, snapshot_from_tensors};
 
@@ -488,10 +488,11 @@ impl BagScorer {
 }
 
 impl ScorerEngine for BagScorer {
-    fn score(&mut self, segments: &[Segment]) -> EngineResult<Vec<f32>> {
+    fn score(&mut self, items: &[ScoreItem]) -> EngineResult<Vec<f32>> {
         std::thread::sleep((self.delay)());
         let _g = tch::no_grad_guard();
-        let refs: Vec<&Segment> = segments.iter().collect();
+        // The bag-of-tokens expert ignores the prompt context.
+        let refs: Vec<&Segment> = items.iter().map(|x| &x.segment).collect();
         Ok(Vec::<f32>::try_from(&self.scores(&refs)?)?)
     }
 
@@ -694,9 +695,13 @@ mod tests {
         for _ in 0..20 {
             e.bt_step(&pairs).unwrap();
         }
-        let s = e.score(&[seg(&[3, 4]), seg(&[5, 6]), seg(&[])]).unwrap();
+        let item = |t: &[i64]| ScoreItem {
+            prompt_uid: 0,
+            segment: seg(t),
+        };
+        let s = e.score(&[item(&[3, 4]), item(&[5, 6]), item(&[])]).unwrap();
         assert!(s[0] > s[1] && s[2] == 0.0, "{s:?}");
         assert!((first.loss - std::f32::consts::LN_2).abs() < 1e-5);
-        assert!(e.score(&[seg(&[99])]).is_err());
+        assert!(e.score(&[item(&[99])]).is_err());
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod expert;
 pub mod pipeline;
 pub mod prompts;
 pub mod resume;
 pub mod rl;
 pub mod sft;
+pub mod warmup;
 
 use std::path::{Path, PathBuf};
 

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Result, StageContext, StageError, StageSummary, checkpoint, eval, resume, sft};
+use super::{
+    Result, StageContext, StageError, StageSummary, checkpoint, eval, resume, sft, warmup,
+};
 use crate::config::{RunConfig, StageConfig, TinyPolicy};
 use crate::data::sharegpt::{self, ShareGptRecord};
 use crate::data::synth::demo::user_prompt;
@@ -440,6 +442,7 @@ fn run_one(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
         };
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,
+            StageConfig::Warmup(w) => warmup::run_warmup(w, &ctx, &input)?,
             StageConfig::Eval(e) => {
                 eval::run_eval_stage(e, &cfg.eval_label(i), &ctx, &input, data.rl_eval.as_deref())?
             }

@@ -199,6 +199,9 @@ fn scores_are_the_value_head_at_the_last_token_of_context_and_segment() {
     let a = e.score(&[item(0, &s.pairs[0].teacher_caption)]).unwrap()[0];
     let b = e.score(&[item(1, &s.pairs[0].teacher_caption)]).unwrap()[0];
     assert_ne!(a, b);
+    // nothing to score is no work (a step whose rollouts are all badly formatted)
+    assert!(e.score(&[]).unwrap().is_empty());
+    assert!(e.bt_step(&[]).is_err());
     // an unknown uid is an error naming it
     let err = e.score(&[item(9999, "x")]).unwrap_err().to_string();
     assert!(err.contains("9999"), "{err}");

@@ -265,8 +265,8 @@ pub enum StageConfig {
     /// Discriminator warm-up on offline (teacher, student) segment pairs; its output is its
     /// input, unchanged, and it writes the experts.
     Warmup(WarmupConfig),
-    /// PRISM alignment (not built yet: rejected by validation).
-    Align(toml::Table),
+    /// PRISM alignment: on-policy distillation against the teacher through the two experts.
+    Align(AlignConfig),
     /// RLVR with a verifiable reward (GRPO, DAPO or GSPO) on the actor runtime.
     Rlvr(RlvrConfig),
     /// Evaluation of the incoming checkpoint on an RL parquet (accuracy, format-valid rate,
@@ -667,6 +667,111 @@ pub struct RlvrConfig {
     pub inject_nan_steps: Vec<u64>,
 }
 
+/// Where the teacher's demonstrations come from in an `align` stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherSource {
+    /// The RL parquet's teacher columns (`teacher_caption`/`teacher_cot` or `teacher_response`):
+    /// demonstrations collected beforehand (`prism teacher`), or the synthetic oracle's.
+    #[default]
+    Dataset,
+    /// A live OpenAI-compatible endpoint (`[stages.teacher] config` names its TOML).
+    Http,
+}
+
+/// `[stages.teacher]` of an `align` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlignTeacher {
+    pub source: TeacherSource,
+    /// Teacher client config (TOML, see configs/teacher-*.toml) when `source = "http"`.
+    pub config: Option<PathBuf>,
+}
+
+/// `[stages.experts]` of an `align` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlignExperts {
+    /// Experts folder (`perception/` + `reasoning/`, or `shared/`). Default: the experts of
+    /// the latest warmup (or align) stage up this stage's input chain.
+    pub path: Option<PathBuf>,
+    /// Optimizer, loss and scoring options of both experts (PRISM alignment: lr 1e-6, score
+    /// clip 10, L2 0.001).
+    pub options: crate::stages::expert::ExpertOptions,
+}
+
+/// `kind = "align"` options: the policy update (every `rlvr` option, in `[stages.policy]`),
+/// the multi-reward advantage (`[stages.advantage]`), the experts and the teacher. Defaults are
+/// the paper's Stage-2 settings (PRISM_ALGORITHM.md §5.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlignConfig {
+    /// Stage name: outputs go to `run_dir/<name>/`. Default: `align-<i>`.
+    pub name: Option<String>,
+    /// Rollouts and the policy update (vanilla PPO loss; `algorithm`, clip and loss options as
+    /// in `rlvr`).
+    pub policy: RlvrConfig,
+    /// PRISM's multi-reward advantage (mode 1: 0.5·GN(caption) + 0.5·GN(cot) − 1.5·invalid).
+    pub advantage: crate::algo::advantage::MultiRewardOptions,
+    pub experts: AlignExperts,
+    pub teacher: AlignTeacher,
+}
+
+impl Default for AlignConfig {
+    fn default() -> Self {
+        AlignConfig {
+            name: None,
+            policy: RlvrConfig {
+                steps: 500,
+                prompts_per_step: 4,
+                samples_per_prompt: 16,
+                max_new_tokens: 6144,
+                save_every: 500,
+                ..RlvrConfig::default()
+            },
+            advantage: crate::algo::advantage::MultiRewardOptions::paper(),
+            experts: AlignExperts {
+                path: None,
+                options: crate::stages::expert::ExpertOptions {
+                    lr: 1e-6,
+                    ..Default::default()
+                },
+            },
+            teacher: AlignTeacher::default(),
+        }
+    }
+}
+
+impl AlignConfig {
+    /// Checks the options; `key(field)` names the field, errors are `(key, message)`.
+    pub fn validate(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        synth_data: bool,
+    ) -> Result<(), (String, String)> {
+        self.policy
+            .validate(&|k| key(&format!("policy.{k}")), synth_data)?;
+        self.advantage
+            .validate()
+            .map_err(|e| (key("advantage"), e.to_string()))?;
+        self.experts
+            .options
+            .validate()
+            .map_err(|m| (key("experts.options"), m))?;
+        match (self.teacher.source, &self.teacher.config) {
+            (TeacherSource::Http, None) => Err((
+                key("teacher.config"),
+                "source = \"http\" needs the teacher client config (a TOML file)".into(),
+            )),
+            (TeacherSource::Dataset, Some(_)) => Err((
+                key("teacher.config"),
+                "only used with source = \"http\"".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for RlvrConfig {
     fn default() -> Self {
         RlvrConfig {
@@ -1042,7 +1147,7 @@ impl RunConfig {
             StageConfig::Eval(e) => e.name.clone().unwrap_or_else(|| format!("eval-{i}")),
             StageConfig::Rlvr(r) => r.name.clone().unwrap_or_else(|| format!("rlvr-{i}")),
             StageConfig::Warmup(w) => w.name.clone().unwrap_or_else(|| format!("warmup-{i}")),
-            other => format!("{}-{i}", other.kind()),
+            StageConfig::Align(a) => a.name.clone().unwrap_or_else(|| format!("align-{i}")),
         }
     }
 
@@ -1295,14 +1400,10 @@ impl RunConfig {
                         .map_err(|(k, m)| bad(&k, m))?;
                     continue;
                 }
-                other => {
-                    return Err(bad(
-                        &key("kind"),
-                        format!(
-                            "stage kind {:?} is not built yet in this version of prism (only \"sft\", \"eval\" and \"rlvr\" run)",
-                            other.kind()
-                        ),
-                    ));
+                StageConfig::Align(a) => {
+                    a.validate(&key, self.data.synth.is_some())
+                        .map_err(|(k, m)| bad(&k, m))?;
+                    continue;
                 }
             };
             for (k, v) in [

@@ -5,6 +5,7 @@
 //! [`StageContext`] (run directory, device, seed, prepared data) and the input checkpoint
 //! directory, and returns a [`StageSummary`] whose `output` is the next stage's input.
 
+pub mod align;
 pub mod checkpoint;
 pub mod eval;
 pub mod expert;

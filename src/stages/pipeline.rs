@@ -447,12 +447,7 @@ fn run_one(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
                 eval::run_eval_stage(e, &cfg.eval_label(i), &ctx, &input, data.rl_eval.as_deref())?
             }
             StageConfig::Rlvr(r) => super::rl::run_rlvr(r, &ctx, &input, &cfg.actors)?,
-            other => {
-                return Err(StageError::Invalid {
-                    stage: ctx.name,
-                    message: format!("stage kind {:?} is not built yet", other.kind()),
-                });
-            }
+            StageConfig::Align(a) => super::align::run_align(a, &ctx, &input, &cfg.actors)?,
         };
         resume::write_done(&stage_dir, &summary)?;
         tracing::info!("{summary}");

@@ -47,7 +47,7 @@ pub const PREPARED_FILE: &str = "PREPARED.json";
 /// The resolved configuration in a run folder.
 pub const RESOLVED_CONFIG: &str = "config.resolved.toml";
 /// Arm of the records the stages write to the metrics log.
-pub const DEFAULT_ARM: &str = "prism";
+pub const DEFAULT_ARM: &str = crate::config::DEFAULT_ARM;
 /// Configuration keys a resume may change (`*` = any one key; a trailing `*` = anything below).
 pub const IGNORED_KEYS: &[&str] = &[
     "run.out_dir",
@@ -58,6 +58,8 @@ pub const IGNORED_KEYS: &[&str] = &[
     "stages.*.resume_from",
     "stages.*.save_every",
     "stages.*.keep_checkpoints",
+    "stages.*.policy.resume_from",
+    "stages.*.policy.save_every",
 ];
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -125,15 +127,17 @@ fn report_err(e: crate::report::ReportError) -> StageError {
 pub struct StageLog {
     log: MetricsLog,
     stage: String,
+    arm: String,
 }
 
 impl StageLog {
-    /// Opens `run_dir/metrics.jsonl` for appending records of `stage` (a torn last line left by
-    /// a crash is cut off).
-    pub fn open(run_dir: &Path, stage: &str) -> Result<Self> {
+    /// Opens `run_dir/metrics.jsonl` for appending records of `stage` in comparison arm `arm`
+    /// (a torn last line left by a crash is cut off).
+    pub fn open(run_dir: &Path, stage: &str, arm: &str) -> Result<Self> {
         Ok(StageLog {
             log: MetricsLog::open_in(run_dir).map_err(report_err)?,
             stage: stage.to_string(),
+            arm: arm.to_string(),
         })
     }
 
@@ -148,7 +152,7 @@ impl StageLog {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         self.log
-            .log(&self.stage, DEFAULT_ARM, step, metrics)
+            .log(&self.stage, &self.arm, step, metrics)
             .map_err(report_err)
     }
 
@@ -306,7 +310,22 @@ pub fn resume_stage(stage: &StageConfig, ckpt: &Path) -> Option<StageConfig> {
             s.resume_from = Some(ckpt.to_path_buf());
             Some(StageConfig::Sft(s))
         }
-        _ => None,
+        StageConfig::Rlvr(r) => {
+            let mut r = r.clone();
+            r.resume_from = Some(ckpt.to_path_buf());
+            Some(StageConfig::Rlvr(r))
+        }
+        StageConfig::Align(a) => {
+            let mut a = a.clone();
+            a.policy.resume_from = Some(ckpt.to_path_buf());
+            Some(StageConfig::Align(a))
+        }
+        StageConfig::Warmup(w) => {
+            let mut w = w.clone();
+            w.resume_from = Some(ckpt.to_path_buf());
+            Some(StageConfig::Warmup(w))
+        }
+        StageConfig::Eval(_) => None,
     }
 }
 

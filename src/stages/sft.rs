@@ -600,7 +600,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
     // dropped so every step is logged once
     let log_path = ctx.run_dir.join(crate::report::metrics_log::FILE_NAME);
     resume::retain_metrics(&log_path, &stage, resumed.as_ref().map(|r| r.step))?;
-    let mut log = resume::StageLog::open(&ctx.run_dir, &stage)?;
+    let mut log = resume::StageLog::open(&ctx.run_dir, &stage, &ctx.arm)?;
     tracing::info!(
         stage = %stage,
         train = %train_path.display(),

@@ -37,7 +37,7 @@ use crate::actors::engine::{
     EngineResult, Engines, LearnerEngine, LearnerFactory, PolicyEngine, PolicyFactory,
     RewardEngine, RewardFactory, ScorerFactory, TeacherFactory,
 };
-use crate::actors::messages::{SamplingParams, StageKind};
+use crate::actors::messages::{PromptItem, SamplingParams, StageKind};
 use crate::actors::{StageSpec, run_stage_with_signals};
 use crate::algo::adamw::{AdamWConfig, LrSchedule};
 use crate::algo::advantage::{MultiRewardOptions, OverlongBuffer};
@@ -193,6 +193,10 @@ pub struct AlignEngines {
     pub reasoning: ScorerFactory,
 }
 
+/// Builds the alignment engines once the stage knows its prompts (the shared store and the
+/// runtime's prompt list, whose uids the teacher and the experts look prompts up by).
+pub type AlignBuilder<'a> = &'a dyn Fn(&Arc<PromptStore>, &[PromptItem]) -> Result<AlignEngines>;
+
 /// The engine factories of a Qwen3-VL RL stage: every generator and the learner load the policy
 /// of `weights_dir` on their own device as `kind`; the learner restores `optimizer` when given
 /// and keeps the frozen `reference_dir` policy when the loss has a KL term.
@@ -260,7 +264,7 @@ pub fn run_actor_stage(
     ctx: &StageContext,
     input: &Path,
     actors: &ActorsConfig,
-    extra: Option<AlignEngines>,
+    align: Option<AlignBuilder>,
 ) -> Result<StageSummary> {
     let started = Instant::now();
     let stage = ctx.name.clone();
@@ -268,7 +272,7 @@ pub fn run_actor_stage(
         stage: stage.clone(),
         message,
     };
-    if (kind == StageKind::Align) != extra.is_some() {
+    if (kind == StageKind::Align) != align.is_some() {
         return Err(invalid(
             "alignment needs the teacher and expert engines, and only alignment takes them".into(),
         ));
@@ -324,6 +328,7 @@ pub fn run_actor_stage(
         .resume_from
         .as_ref()
         .map(|d| d.join(super::sft::OPTIMIZER_STATE));
+    let extra = align.map(|build| build(&store, &items)).transpose()?;
     let engines = qwen_engines(
         opts,
         store,

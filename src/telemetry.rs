@@ -62,6 +62,142 @@ pub const TEACHER_INVALID_ANSWERS_TOTAL: &str = "prism_teacher_invalid_answers_t
 /// Teacher calls that ended without a valid demonstration, by `reason`.
 pub const TEACHER_FAILURES_TOTAL: &str = "prism_teacher_failures_total";
 
+/// Training and evaluation quality per step, from every record written to the run's metrics
+/// log (labels `stage`, `arm`; the discriminator's per-expert values are separate series of the
+/// same stage). Names follow PRISM_ALGORITHM.md §4.2 and §5.
+pub const TRAIN_LOSS: &str = "prism_train_loss";
+pub const POLICY_LOSS: &str = "prism_policy_loss";
+pub const D_LOSS: &str = "prism_d_loss";
+pub const CAP_ACC: &str = "prism_cap_acc_ratio";
+pub const COT_ACC: &str = "prism_cot_acc_ratio";
+pub const REWARD_MEAN: &str = "prism_reward_mean";
+pub const REWARD_CAPTION: &str = "prism_reward_caption_mean";
+pub const REWARD_COT: &str = "prism_reward_cot_mean";
+pub const ACCURACY: &str = "prism_accuracy_ratio";
+pub const VALID_RATIO: &str = "prism_valid_ratio";
+pub const KL: &str = "prism_kl";
+pub const ENTROPY: &str = "prism_entropy_nats";
+pub const GRAD_NORM: &str = "prism_grad_norm";
+pub const LEARNING_RATE: &str = "prism_learning_rate";
+pub const PG_CLIPFRAC: &str = "prism_pg_clipfrac_ratio";
+pub const ADVANTAGE_MEAN: &str = "prism_advantage_mean";
+pub const ADVANTAGE_STD: &str = "prism_advantage_std";
+pub const RESPONSE_LENGTH: &str = "prism_response_length_tokens";
+pub const TRAINED_TOKENS_TOTAL: &str = "prism_trained_tokens_total";
+
+/// Metrics-log key → gauge name, help text.
+pub const STEP_GAUGES: &[(&str, &str, &str)] = &[
+    (
+        "loss",
+        TRAIN_LOSS,
+        "Training loss of the last step (SFT: token NLL)",
+    ),
+    (
+        "policy_loss",
+        POLICY_LOSS,
+        "Policy-gradient loss of the last step",
+    ),
+    (
+        "disc_loss",
+        D_LOSS,
+        "Bradley–Terry loss of the experts at the last step",
+    ),
+    (
+        "cap_acc",
+        CAP_ACC,
+        "Perception expert: fraction of pairs with teacher caption scored higher",
+    ),
+    (
+        "cot_acc",
+        COT_ACC,
+        "Reasoning expert: fraction of pairs with teacher reasoning scored higher",
+    ),
+    (
+        "reward_mean",
+        REWARD_MEAN,
+        "Mean sequence reward of the last step's rollouts",
+    ),
+    (
+        "reward_perception",
+        REWARD_CAPTION,
+        "Mean perception-expert score of the captions",
+    ),
+    (
+        "reward_reasoning",
+        REWARD_COT,
+        "Mean reasoning-expert score of the reasoning",
+    ),
+    (
+        "accuracy",
+        ACCURACY,
+        "Fraction of correct answers (rollouts, or an evaluation)",
+    ),
+    (
+        "format_valid_rate",
+        VALID_RATIO,
+        "Fraction of answers in the three-block format",
+    ),
+    (
+        "kl",
+        KL,
+        "KL to the reference policy (when the loss has a KL term)",
+    ),
+    (
+        "entropy",
+        ENTROPY,
+        "Mean token entropy of the policy on its rollouts",
+    ),
+    (
+        "grad_norm",
+        GRAD_NORM,
+        "Total gradient 2-norm before clipping",
+    ),
+    (
+        "lr",
+        LEARNING_RATE,
+        "Learning rate of the last optimizer update",
+    ),
+    (
+        "pg_clipfrac",
+        PG_CLIPFRAC,
+        "Fraction of tokens whose ratio was clipped",
+    ),
+    (
+        "advantage_mean",
+        ADVANTAGE_MEAN,
+        "Mean advantage of the last step",
+    ),
+    (
+        "advantage_std",
+        ADVANTAGE_STD,
+        "Standard deviation of the advantages of the last step",
+    ),
+    (
+        "response_length_mean",
+        RESPONSE_LENGTH,
+        "Mean response length of the last step",
+    ),
+];
+
+/// Exports one metrics-log record: each known key as its gauge (labels `stage`, `arm`), trained
+/// tokens as a counter. A no-op until [`install_prometheus`] runs.
+pub fn record_step(stage: &str, arm: &str, values: &std::collections::BTreeMap<String, f64>) {
+    let labels = || {
+        vec![
+            metrics::Label::new("stage", stage.to_string()),
+            metrics::Label::new("arm", arm.to_string()),
+        ]
+    };
+    for (key, name, _) in STEP_GAUGES {
+        if let Some(v) = values.get(*key).filter(|v| v.is_finite()) {
+            metrics::gauge!(*name, labels()).set(*v);
+        }
+    }
+    if let Some(t) = values.get("tokens").filter(|t| t.is_finite() && **t >= 0.0) {
+        metrics::counter!(TRAINED_TOKENS_TOTAL, labels()).increment(*t as u64);
+    }
+}
+
 /// Errors of the exporter set-up.
 #[derive(Debug, Error)]
 pub enum TelemetryError {
@@ -101,6 +237,25 @@ pub const ALL: &[&str] = &[
     TEACHER_REQUEST_SECONDS,
     TEACHER_INVALID_ANSWERS_TOTAL,
     TEACHER_FAILURES_TOTAL,
+    TRAIN_LOSS,
+    POLICY_LOSS,
+    D_LOSS,
+    CAP_ACC,
+    COT_ACC,
+    REWARD_MEAN,
+    REWARD_CAPTION,
+    REWARD_COT,
+    ACCURACY,
+    VALID_RATIO,
+    KL,
+    ENTROPY,
+    GRAD_NORM,
+    LEARNING_RATE,
+    PG_CLIPFRAC,
+    ADVANTAGE_MEAN,
+    ADVANTAGE_STD,
+    RESPONSE_LENGTH,
+    TRAINED_TOKENS_TOTAL,
 ];
 
 /// The `stage`, `actor`, `device` labels of an actor's metrics.
@@ -115,6 +270,14 @@ pub fn actor_labels(stage: &str, actor: &str, device: &str) -> Vec<metrics::Labe
 /// Registers unit and help text of every metric with the current recorder.
 pub fn describe_all() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    for (_, name, help) in STEP_GAUGES {
+        describe_gauge!(*name, *help);
+    }
+    describe_counter!(
+        TRAINED_TOKENS_TOTAL,
+        Unit::Count,
+        "Response (RL) or target (SFT) tokens trained on"
+    );
     describe_gauge!(
         ACTOR_BUSY_RATIO,
         "Fraction (0 to 1) of wall time the actor spends inside engine compute"

@@ -115,17 +115,49 @@ fn override_of_a_plain_table() {
 }
 
 #[test]
-fn unbuilt_stage_kinds_are_rejected() {
-    for kind in ["align"] {
-        let text = format!("{MINIMAL}\n[[stages]]\nkind = \"{kind}\"\nsteps = 3\n");
-        let e = err(&text, &[]);
-        assert!(
-            e.contains("stages.1.kind") && e.contains(kind) && e.contains("not built yet"),
-            "{e}"
-        );
-    }
+fn unknown_stage_kinds_and_misplaced_align_keys_are_named() {
     let e = err(&MINIMAL.replace("\"sft\"", "\"dpo\""), &[]);
     assert!(e.contains("dpo"), "{e}");
+    // align keeps its policy options in [stages.policy]
+    let text = format!("{MINIMAL}\n[[stages]]\nkind = \"align\"\nsteps = 3\n");
+    let e = err(&text, &[]);
+    assert!(e.contains("steps"), "{e}");
+    let text = format!("{MINIMAL}\n[[stages]]\nkind = \"align\"\n[stages.policy]\nsteps = 0\n");
+    let e = err(&text, &[]);
+    assert!(e.contains("stages.1.policy.steps"), "{e}");
+    let text = format!(
+        "{MINIMAL}\n[[stages]]\nkind = \"align\"\n[stages.teacher]\nsource = \"http\"\n"
+    );
+    let e = err(&text, &[]);
+    assert!(e.contains("stages.1.teacher.config"), "{e}");
+}
+
+#[test]
+fn shipped_run_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for sub in [dir.clone(), dir.join("paper")] {
+        for entry in std::fs::read_dir(&sub).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            // teacher client configs are not run configs
+            if path.extension().is_some_and(|e| e == "toml") && !name.starts_with("teacher-") {
+                let cfg = RunConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!cfg.stages.is_empty());
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 7, "only {n} run configs found");
+    // the embedded default compares the two arms from the same SFT checkpoint
+    let q = RunConfig::load(&dir.join("quickstart.toml"), &[]).unwrap();
+    let arms: std::collections::BTreeSet<String> =
+        (0..q.stages.len()).map(|i| q.arm_of(i)).collect();
+    assert_eq!(arms.into_iter().collect::<Vec<_>>(), ["baseline", "prism"]);
+    let e = RunConfig::load(&dir.join("experiment.toml"), &[]).unwrap();
+    assert_eq!(e.seeds().len(), 3);
+    assert_eq!(e.stages, q.stages);
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn kinds() -> Vec<(&'static str, Kind, Labels)> {
         ("device", "cuda:0"),
     ];
     let stage = vec![("stage", "align")];
-    vec![
+    let mut v = vec![
         (telemetry::ACTOR_BUSY_RATIO, Gauge, actor.clone()),
         (telemetry::ACTOR_BUSY_SECONDS, Gauge, actor.clone()),
         (telemetry::ACTOR_JOB_SECONDS, Histogram, actor.clone()),
@@ -76,7 +76,14 @@ fn kinds() -> Vec<(&'static str, Kind, Labels)> {
             Counter,
             vec![("reason", "timeout")],
         ),
-    ]
+    ];
+    // Training quality, exported from every metrics-log record (telemetry::record_step).
+    let run = vec![("stage", "align"), ("arm", "prism")];
+    for (_, name, _) in telemetry::STEP_GAUGES {
+        v.push((*name, Gauge, run.clone()));
+    }
+    v.push((telemetry::TRAINED_TOKENS_TOTAL, Counter, run));
+    v
 }
 
 fn free_loopback_addr() -> SocketAddr {
@@ -177,7 +184,29 @@ async fn scrape_passes_promtool_check_metrics() {
     let addr = free_loopback_addr();
     telemetry::install_prometheus(addr).expect("install the Prometheus exporter");
     record_all();
+    // a metrics-log record reaches Prometheus through record_step, under its stage and arm
+    let step: std::collections::BTreeMap<String, f64> = [
+        ("reward_mean", 0.75),
+        ("cap_acc", 0.625),
+        ("tokens", 40.0),
+        ("not_exported", 1.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    telemetry::record_step("rlvr", "baseline", &step);
     let body = scrape(addr).await;
+    for line in [
+        "prism_reward_mean{stage=\"rlvr\",arm=\"baseline\"} 0.75",
+        "prism_cap_acc_ratio{stage=\"rlvr\",arm=\"baseline\"} 0.625",
+        "prism_trained_tokens_total{stage=\"rlvr\",arm=\"baseline\"} 40",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "scrape lacks `{line}`:\n{body}"
+        );
+    }
+    assert!(!body.contains("not_exported"));
 
     let (ok, report) = promtool_check(&body);
     assert!(

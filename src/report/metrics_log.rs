@@ -170,14 +170,17 @@ impl MetricsLog {
         self.torn_bytes_cut
     }
 
-    /// Appends one record as one line, handed to the OS in one write (no user-space buffer).
+    /// Appends one record as one line, handed to the OS in one write (no user-space buffer),
+    /// and exports its known values to Prometheus ([`crate::telemetry::record_step`]).
     pub fn append(&mut self, record: &MetricRecord) -> Result<(), ReportError> {
         let mut line = serde_json::to_vec(record)
             .map_err(|e| ReportError::Input(format!("cannot serialise metrics record: {e}")))?;
         line.push(b'\n');
         self.file
             .write_all(&line)
-            .map_err(|e| ReportError::io(&self.path, e))
+            .map_err(|e| ReportError::io(&self.path, e))?;
+        crate::telemetry::record_step(&record.stage, &record.arm, &record.metrics);
+        Ok(())
     }
 
     /// Appends a record stamped with the current wall time.

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use super::client::{TeacherClient, TeacherRequest};
+use super::config::OnInvalid;
 use super::error::TeacherError;
-use crate::actors::engine::{EngineResult, TeacherBackend};
+use crate::actors::engine::{DemoOutcome, EngineResult, TeacherBackend};
 use crate::actors::messages::{Demo, PromptItem, Segment};
 
 /// The encoded images of a prompt (the runtime's `PromptItem` carries only their hash; the data
@@ -94,10 +95,51 @@ impl HttpTeacher {
     }
 }
 
+/// True for errors that concern one prompt alone and may be skipped under
+/// [`OnInvalid::Skip`]: an answer that never became format-valid, or the server refusing this
+/// request as malformed or too large (400, 413, 422). Authentication, retries exhausted,
+/// cache and image-lookup errors concern every prompt and always fail.
+pub fn skippable(e: &TeacherError) -> bool {
+    match e {
+        TeacherError::InvalidAnswer { .. } => true,
+        TeacherError::Rejected { status, .. } => matches!(status, 400 | 413 | 422),
+        _ => false,
+    }
+}
+
+/// Applies the `on_invalid` policy to the result of one prompt of a batch.
+pub fn outcome(
+    policy: OnInvalid,
+    prompt: &PromptItem,
+    result: Result<Demo, TeacherError>,
+) -> Result<DemoOutcome, TeacherError> {
+    match result {
+        Ok(d) => Ok(DemoOutcome::Demo(d)),
+        Err(e) if policy == OnInvalid::Skip && skippable(&e) => Ok(DemoOutcome::Skipped {
+            prompt_uid: prompt.uid,
+            reason: e.reason().to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 impl TeacherBackend for HttpTeacher {
     /// A prompt whose answer never becomes valid (or whose call fails) is an error naming the
     /// prompt; it is never replaced by an unchecked answer.
     fn demonstrate(&mut self, prompt: &PromptItem) -> EngineResult<Demo> {
         Ok(self.demo(prompt)?)
+    }
+
+    /// The prompts are asked concurrently (under the client's concurrency and rate limits);
+    /// the config's `on_invalid` decides whether a prompt that never gets a valid answer is
+    /// skipped or fails the batch. The first non-skipped error names its prompt.
+    fn demonstrate_batch(&mut self, prompts: &[PromptItem]) -> EngineResult<Vec<DemoOutcome>> {
+        let policy = self.client.config().on_invalid;
+        let mut out = Vec::with_capacity(prompts.len());
+        for (p, r) in prompts.iter().zip(self.demos(prompts)) {
+            out.push(outcome(policy, p, r).map_err(|e| format!("teacher: prompt {}: {e}", p.uid))?);
+        }
+        Ok(out)
     }
 }

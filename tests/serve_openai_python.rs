@@ -54,8 +54,8 @@ fn official_openai_client_talks_to_prism_serve() {
         ],
         &[("PRISM_TEST_PY_KEY", key)],
     );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/openai_client_check.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openai_client_check.py");
     let out = Command::new(&py)
         .arg(script)
         .args(["--base-url", &s.url("/v1"), "--api-key", key])

@@ -1,8 +1,11 @@
 //! [`HttpTeacher`]: the synchronous [`TeacherBackend`] the teacher-client actor drives, bridging
-//! to the async [`TeacherClient`] with a runtime of its own (the actor calls it on its dedicated
-//! compute thread, never inside another runtime).
+//! to the async [`TeacherClient`] through one process-wide runtime (the actor calls it on its
+//! dedicated compute thread, never inside another runtime). The runtime is shared, not one per
+//! backend, because the client's pooled keep-alive connections belong to the runtime that
+//! opened them: a backend rebuilt with a runtime of its own would pick up a connection whose
+//! runtime nobody drives any more and hang until the timeout.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::client::{TeacherClient, TeacherRequest};
 use super::config::OnInvalid;
@@ -17,22 +20,37 @@ pub type ImageLookup = Arc<dyn Fn(&PromptItem) -> Result<Vec<Vec<u8>>, String> +
 /// The HTTP teacher as a [`TeacherBackend`]. Segments carry text only (`tokens` empty): the
 /// teacher's tokenizer is not ours, and the experts tokenise the text themselves.
 pub struct HttpTeacher {
-    runtime: tokio::runtime::Runtime,
+    runtime: &'static tokio::runtime::Runtime,
     client: TeacherClient,
     images: ImageLookup,
 }
 
+/// The runtime every [`HttpTeacher`] of the process runs its requests on (two workers, so
+/// pooled connections are always driven).
+fn shared_runtime() -> Result<&'static tokio::runtime::Runtime, TeacherError> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("prism-teacher-http")
+        .build()
+        .map_err(|e| TeacherError::Client(format!("tokio runtime: {e}")))?;
+    // Another thread may have won the race; its runtime is the one kept.
+    let _ = RUNTIME.set(rt);
+    RUNTIME
+        .get()
+        .ok_or_else(|| TeacherError::Client("tokio runtime was not kept".into()))
+}
+
 impl HttpTeacher {
     /// A backend over `client`. Share one client between rebuilds of the backend (an actor
-    /// restart) so they share the open cache and the limits.
+    /// restart) so they share the open cache, the limits and the connections.
     pub fn new(client: TeacherClient, images: ImageLookup) -> Result<HttpTeacher, TeacherError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("prism-teacher-http")
-            .build()
-            .map_err(|e| TeacherError::Client(format!("tokio runtime: {e}")))?;
         Ok(HttpTeacher {
-            runtime,
+            runtime: shared_runtime()?,
             client,
             images,
         })

@@ -257,3 +257,96 @@ pub fn make_choice(
         completion_tokens: tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processor() -> Processor {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/qwen3_vl/tiny-qwen3-vl");
+        Processor::from_dir(dir).unwrap()
+    }
+
+    fn output(p: &Processor, text: &str, reason: StopReason) -> GenerationOutput {
+        let ids: Vec<i64> = p
+            .tokenizer
+            .encode(text)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        GenerationOutput {
+            logprobs: vec![0.0; ids.len()],
+            token_ids: ids,
+            stop_reason: reason,
+        }
+    }
+
+    #[test]
+    fn pieces_concatenate_to_the_text_even_across_multibyte_characters() {
+        let p = processor();
+        let text = "héllo wörld ✓ 多字节 done";
+        let o = output(&p, text, StopReason::Length);
+        let n = o.token_ids.len();
+        let c = make_choice(&p, o.clone(), &[], true).unwrap();
+        assert_eq!(c.text, text);
+        assert_eq!(c.pieces.concat(), text);
+        assert!(c.pieces.len() > 5 && c.pieces.iter().all(|s| !s.is_empty()));
+        assert_eq!(
+            (c.finish_reason, c.completion_tokens),
+            (FinishReason::Length, n)
+        );
+        // Without pieces (not streamed): same text, no pieces.
+        let plain = make_choice(&p, o, &[], false).unwrap();
+        assert_eq!(plain.text, text);
+        assert!(plain.pieces.is_empty());
+    }
+
+    #[test]
+    fn stop_strings_cut_the_text_and_the_token_count() {
+        let p = processor();
+        let text = "alpha beta gamma beta delta";
+        let o = output(&p, text, StopReason::Length);
+        let n = o.token_ids.len();
+        let c = make_choice(&p, o.clone(), &["gamma".into(), " beta".into()], true).unwrap();
+        assert_eq!(c.text, "alpha");
+        assert_eq!(c.pieces.concat(), "alpha");
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        assert!(c.completion_tokens >= 1 && c.completion_tokens < n, "{c:?}");
+        // A stop string that never appears changes nothing; a stop token ends with `stop`.
+        let c = make_choice(&p, o, &["zzz".into()], false).unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.finish_reason),
+            (text, FinishReason::Length)
+        );
+        let eos = StopReason::Stop {
+            token_id: 402,
+            logprob: 0.0,
+        };
+        let c = make_choice(&p, output(&p, "ok", eos), &[], false).unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        // A stop string at the very start leaves nothing.
+        let c = make_choice(
+            &p,
+            output(&p, text, StopReason::Length),
+            &["alpha".into()],
+            true,
+        )
+        .unwrap();
+        assert_eq!((c.text.as_str(), c.completion_tokens), ("", 0));
+        assert!(c.pieces.is_empty());
+    }
+
+    #[test]
+    fn sampling_settings_group_by_value() {
+        let s = |t: f64, p: f64| Sampling::Sample {
+            temperature: t,
+            top_k: 0,
+            top_p: p,
+        };
+        assert_eq!(sampling_key(s(0.7, 0.9)), sampling_key(s(0.7, 0.9)));
+        assert_ne!(sampling_key(s(0.7, 0.9)), sampling_key(s(0.7, 1.0)));
+        assert_ne!(sampling_key(Sampling::Greedy), sampling_key(s(1.0, 1.0)));
+    }
+}

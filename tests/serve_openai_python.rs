@@ -1,8 +1,9 @@
 //! The official `openai` Python client against a real `prism serve`: starts the server on the
 //! tiny checkpoint with an API key and runs tests/fixtures/openai_client_check.py with the
-//! fixture venv's python (`$PRISM_CACHE`, else `~/.cache/prism`, then
-//! `torch-2.11.0/bin/python`, as scripts/setup-libtorch.sh lays it out; `make test` installs
-//! the pinned `openai` package there). Python is the client here, never a reference.
+//! fixture venv's python (`$PRISM_CACHE`, else `$XDG_CACHE_HOME/prism`, else
+//! `~/.cache/prism`, then `torch-2.11.0/bin/python`, as scripts/setup-libtorch.sh lays it out;
+//! `make test` installs the pinned `openai` package there). Python is the client here, never a
+//! reference.
 
 mod serve_server;
 
@@ -12,12 +13,11 @@ use std::process::Command;
 use serve_server::{ServeProcess, image};
 
 fn fixture_python() -> PathBuf {
-    let cache = match std::env::var_os("PRISM_CACHE") {
-        Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/prism")
-        }
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let cache = match (var("PRISM_CACHE"), var("XDG_CACHE_HOME")) {
+        (Some(c), _) => PathBuf::from(c),
+        (None, Some(x)) => PathBuf::from(x).join("prism"),
+        (None, None) => PathBuf::from(var("HOME").expect("HOME is set")).join(".cache/prism"),
     };
     cache.join("torch-2.11.0/bin/python")
 }

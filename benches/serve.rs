@@ -6,7 +6,8 @@
 //! Model directory: the first command-line argument, else the tiny test fixture. Environment:
 //! `PRISM_BENCH_THREADS` (libtorch threads of the server, default 2), `PRISM_BENCH_REQUESTS`
 //! (requests per concurrency level, default 64), `PRISM_BENCH_MAX_TOKENS` (default 32),
-//! `PRISM_BENCH_MAX_BATCH` (the server's `--max-batch`, default 32).
+//! `PRISM_BENCH_MAX_BATCH` (the server's `--max-batch`, default 32), `PRISM_BENCH_MAX_WAIT_MS`
+//! (its `--max-wait-ms`, default 5).
 //!
 //! Run: `cargo bench --bench serve [-- DIR]`.
 
@@ -40,7 +41,7 @@ impl Drop for Server {
 }
 
 /// Starts `prism serve` and returns it with its base URL.
-fn start(model: &PathBuf, threads: usize, max_batch: usize) -> (Server, String) {
+fn start(model: &PathBuf, threads: usize, max_batch: usize, max_wait: usize) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
         .arg("serve")
         .arg("--model")
@@ -171,7 +172,8 @@ fn main() {
     let n = env_usize("PRISM_BENCH_REQUESTS", 64);
     let max_tokens = env_usize("PRISM_BENCH_MAX_TOKENS", 32);
     let max_batch = env_usize("PRISM_BENCH_MAX_BATCH", 32);
-    let (_server, base) = start(&model, threads, max_batch);
+    let max_wait = env_usize("PRISM_BENCH_MAX_WAIT_MS", 5);
+    let (_server, base) = start(&model, threads, max_batch, max_wait);
     let url = format!("{base}/v1/chat/completions");
     let prompts = prompts(n);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -183,7 +185,7 @@ fn main() {
     rt.block_on(run_level(&url, &prompts[..8.min(n)], 8, max_tokens));
     println!(
         "prism serve, {} on CPU, {threads} libtorch threads, --max-batch {max_batch}, \
-         --max-wait-ms 5; {n} greedy requests per level, max_tokens {max_tokens}",
+         --max-wait-ms {max_wait}; {n} greedy requests per level, max_tokens {max_tokens}",
         model
             .file_name()
             .map_or("model".into(), |f| f.to_string_lossy())

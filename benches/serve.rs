@@ -46,14 +46,8 @@ fn start(model: &PathBuf, threads: usize, max_batch: usize, max_wait: usize) -> 
         .arg("serve")
         .arg("--model")
         .arg(model)
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-            "--max-wait-ms",
-            "5",
-        ])
+        .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
+        .args(["--max-wait-ms", &max_wait.to_string()])
         .args(["--threads", &threads.to_string()])
         .args(["--max-batch", &max_batch.to_string()])
         .env("RUST_LOG", "warn")

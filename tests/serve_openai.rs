@@ -305,7 +305,48 @@ async fn openai_chat_completions_end_to_end() {
     );
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 16);
 
+    // Streaming with n = 2 and a stop string: each index's deltas rebuild its choice.
+    let mut body = greedy("Describe this image.", 20);
+    body["n"] = json!(2);
+    body["stop"] = json!(stop);
+    let plain = ok(&s, &body).await;
+    body["stream"] = json!(true);
+    let (status, text) = post_raw(&s, Some(KEY), body.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    for i in 0..2u64 {
+        let chunks: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|p| *p != "[DONE]")
+            .map(|p| serde_json::from_str::<Value>(p).unwrap())
+            .filter(|c| c["choices"][0]["index"] == i)
+            .collect();
+        let streamed: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(streamed, content(&plain, i as usize));
+        assert_eq!(streamed, before);
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
+    }
+
     // 7. Bad input: 4xx with an OpenAI error body, and the server keeps serving.
+    // A chunked body (no Content-Length) over the limit is cut off too.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..50).map(|_| Ok(vec![b' '; 10_000])).collect();
+    let r = http()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert_error(st, &v, 413, "request_too_large", None);
     let user = |content: Value| json!({"messages": [{"role": "user", "content": content}]});
     let (st, v) = {
         let (st, t) = post_raw(&s, Some(KEY), b"{\"messages\": [".to_vec()).await;

@@ -13,8 +13,12 @@ demo: release
 	@echo "make demo: ran data synthesis, SFT and evaluation. Discriminator warm-up, PRISM"
 	@echo "alignment and RLVR are not built yet, so there is no PRISM-vs-baseline table yet."
 
+# test also installs the pinned `openai` client (tests/serve_openai_python.rs) into the torch
+# venv: small, unlike the rest of tests/fixtures/requirements.txt, which only `make fixtures` needs.
 test:
 	bash scripts/setup-test-tools.sh
+	"$(LIBTORCH_DIR)/../../../../bin/python" -m pip install --quiet --disable-pip-version-check \
+	  $$(grep -E '^openai==' tests/fixtures/requirements.txt)
 	$(CARGO) build --all-targets
 	$(CARGO) test --lib --bins --tests -- --test-threads=2
 

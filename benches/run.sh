@@ -37,4 +37,6 @@ run torch_reference_tiny "$py" benches/torch_reference.py --model-dir "$tiny" --
 for attn in eager sdpa; do
   run "generate_$attn" env PRISM_BENCH_ATTN=$attn cargo bench --quiet --bench generate -- "$tiny" "$big"
 done
+# prism serve over HTTP on the tiny fixture (CPU): requests/s and tokens/s at concurrency 1, 8, 32.
+run serve cargo bench --quiet --bench serve -- "$tiny"
 echo "results in $out/"

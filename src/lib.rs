@@ -14,6 +14,7 @@
 //!   coordinator).
 //! - [`stages`]: SFT, discriminator warm-up, PRISM alignment, RLVR, evaluation, and the pipeline
 //!   that chains them.
+//! - [`serve`]: `prism serve`, the OpenAI-compatible HTTP server over a checkpoint.
 //! - [`runtime`]: libtorch set-up and the facts `prism doctor` reports.
 //!
 //! # Data flow of one alignment step
@@ -30,6 +31,7 @@ pub mod models;
 pub mod report;
 pub mod reward;
 pub mod runtime;
+pub mod serve;
 pub mod stages;
 pub mod teacher;
 pub mod telemetry;

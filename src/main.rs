@@ -40,6 +40,8 @@ enum Command {
     Eval(prism::stages::eval::EvalArgs),
     /// Run a pipeline of stages (sft, …) from a TOML run config.
     Run(prism::stages::pipeline::RunArgs),
+    /// Serve a checkpoint over an OpenAI-compatible HTTP API (chat completions, batched).
+    Serve(prism::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             prism::stages::pipeline::run(&args)?;
         }
+        Command::Serve(args) => prism::serve::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

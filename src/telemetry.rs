@@ -61,6 +61,18 @@ pub const TEACHER_REQUEST_SECONDS: &str = "prism_teacher_request_seconds";
 pub const TEACHER_INVALID_ANSWERS_TOTAL: &str = "prism_teacher_invalid_answers_total";
 /// Teacher calls that ended without a valid demonstration, by `reason`.
 pub const TEACHER_FAILURES_TOTAL: &str = "prism_teacher_failures_total";
+/// Prompts whose demonstration was skipped for a step (`on_invalid = "skip"`), by `reason`.
+pub const TEACHER_SKIPPED_TOTAL: &str = "prism_teacher_skipped_total";
+/// `prism serve`: requests answered, by `status` (HTTP status code).
+pub const SERVE_REQUESTS_TOTAL: &str = "prism_serve_requests_total";
+/// `prism serve`: prompt tokens of the requests generated for.
+pub const SERVE_PROMPT_TOKENS_TOTAL: &str = "prism_serve_prompt_tokens_total";
+/// `prism serve`: generated (completion) tokens.
+pub const SERVE_COMPLETION_TOKENS_TOTAL: &str = "prism_serve_completion_tokens_total";
+/// `prism serve`: rows of each batched `generate` call.
+pub const SERVE_BATCH_ROWS: &str = "prism_serve_batch_rows";
+/// `prism serve`: seconds from a chat completion request's arrival to its last byte of answer.
+pub const SERVE_REQUEST_SECONDS: &str = "prism_serve_request_seconds";
 
 /// Training and evaluation quality per step, from every record written to the run's metrics
 /// log (labels `stage`, `arm`; the discriminator's per-expert values are separate series of the
@@ -256,6 +268,12 @@ pub const ALL: &[&str] = &[
     ADVANTAGE_STD,
     RESPONSE_LENGTH,
     TRAINED_TOKENS_TOTAL,
+    TEACHER_SKIPPED_TOTAL,
+    SERVE_REQUESTS_TOTAL,
+    SERVE_PROMPT_TOKENS_TOTAL,
+    SERVE_COMPLETION_TOKENS_TOTAL,
+    SERVE_BATCH_ROWS,
+    SERVE_REQUEST_SECONDS,
 ];
 
 /// The `stage`, `actor`, `device` labels of an actor's metrics.
@@ -398,6 +416,36 @@ pub fn describe_all() {
         Unit::Count,
         "Teacher calls that ended without a valid demonstration, by reason"
     );
+    describe_counter!(
+        TEACHER_SKIPPED_TOTAL,
+        Unit::Count,
+        "Prompts left without a teacher demonstration for a step, by reason"
+    );
+    describe_counter!(
+        SERVE_REQUESTS_TOTAL,
+        Unit::Count,
+        "prism serve: chat completion requests answered, by HTTP status"
+    );
+    describe_counter!(
+        SERVE_PROMPT_TOKENS_TOTAL,
+        Unit::Count,
+        "prism serve: prompt tokens of generated requests"
+    );
+    describe_counter!(
+        SERVE_COMPLETION_TOKENS_TOTAL,
+        Unit::Count,
+        "prism serve: generated tokens"
+    );
+    describe_histogram!(
+        SERVE_BATCH_ROWS,
+        Unit::Count,
+        "prism serve: rows of each batched generate call"
+    );
+    describe_histogram!(
+        SERVE_REQUEST_SECONDS,
+        Unit::Seconds,
+        "prism serve: seconds from a request's arrival to its answer"
+    );
 }
 
 /// Installs the global Prometheus recorder with an HTTP listener on `addr` (use 127.0.0.1 unless
@@ -410,6 +458,11 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
         .set_buckets_for_metric(
             Matcher::Full(STALENESS.to_string()),
             &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0],
+        )
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Full(SERVE_BATCH_ROWS.to_string()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
         )
         .map_err(err)?
         .set_buckets_for_metric(

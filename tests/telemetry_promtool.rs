@@ -76,6 +76,21 @@ fn kinds() -> Vec<(&'static str, Kind, Labels)> {
             Counter,
             vec![("reason", "timeout")],
         ),
+        // The teacher-client actor (src/actors/teacher.rs) and `prism serve` (src/serve/).
+        (
+            telemetry::TEACHER_SKIPPED_TOTAL,
+            Counter,
+            vec![("stage", "align"), ("reason", "invalid_answer")],
+        ),
+        (
+            telemetry::SERVE_REQUESTS_TOTAL,
+            Counter,
+            vec![("status", "200")],
+        ),
+        (telemetry::SERVE_PROMPT_TOKENS_TOTAL, Counter, vec![]),
+        (telemetry::SERVE_COMPLETION_TOKENS_TOTAL, Counter, vec![]),
+        (telemetry::SERVE_BATCH_ROWS, Histogram, vec![]),
+        (telemetry::SERVE_REQUEST_SECONDS, Histogram, vec![]),
     ];
     // Training quality, exported from every metrics-log record (telemetry::record_step).
     let run = vec![("stage", "align"), ("arm", "prism")];

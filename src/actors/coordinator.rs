@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{self, ActorsConfig, LEARNER, PERCEPTION_EXPERT, REASONING_EXPERT, TEACHER};
-use super::engine::Engines;
+use super::engine::{DemoOutcome, Engines};
 use super::errors::StageError;
 use super::expert::{BtReply, ExpertMsg, ScoreReply};
 use super::generator::{GenerateRequest, GeneratorMsg};
@@ -590,23 +590,41 @@ async fn generation_phase(
     Ok(())
 }
 
+/// The teacher's demonstrations for a step's prompts. Prompts the teacher reports as skipped
+/// (never a valid answer, under `on_invalid = "skip"`) have no demonstration: their
+/// Bradley–Terry pairs are left out of the step ([`bt_pairs`] pairs only prompts with a demo).
 async fn fetch_demos(p: Arc<Pipe>, prompts: Arc<Vec<PromptItem>>) -> Result<Vec<Demo>, StageError> {
     let slot = p.roster.teacher.as_ref().expect("alignment has a teacher");
     let deadline = config::secs(p.ctx.cfg.deadlines.teacher_secs);
-    let demos = call(&p.ctx, slot, "demonstrate", deadline, |r| {
-        TeacherMsg::Demonstrate(prompts.clone(), r)
+    let outcomes = call(&p.ctx, slot, "demonstrate", deadline, |r| {
+        TeacherMsg::Outcomes(prompts.clone(), r)
     })
     .await?;
-    if demos.len() != prompts.len()
-        || demos
+    if outcomes.len() != prompts.len()
+        || outcomes
             .iter()
             .zip(prompts.iter())
-            .any(|(d, q)| d.prompt_uid != q.uid)
+            .any(|(d, q)| d.prompt_uid() != q.uid)
     {
         return Err(invariant(
             &p,
             format!("{TEACHER} returned demonstrations for the wrong prompts"),
         ));
+    }
+    let mut demos = Vec::with_capacity(outcomes.len());
+    let mut skipped = Vec::new();
+    for o in outcomes {
+        match o {
+            DemoOutcome::Demo(d) => demos.push(d),
+            DemoOutcome::Skipped { prompt_uid, .. } => skipped.push(prompt_uid),
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            "stage {}: no teacher demonstration for prompt(s) {skipped:?}; their expert pairs \
+             are left out of this step",
+            p.spec.name
+        );
     }
     Ok(demos)
 }

@@ -55,10 +55,47 @@ pub trait ScorerEngine {
     fn restore(&mut self, weights: &WeightsSnapshot) -> EngineResult<()>;
 }
 
+/// What a teacher backend made of one prompt of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DemoOutcome {
+    /// A format-valid demonstration.
+    Demo(Demo),
+    /// No demonstration for this prompt this time (the teacher never answered in format, or
+    /// refused this prompt alone), reported instead of failing the actor: the prompt's
+    /// Bradley–Terry pairs are left out of the step.
+    Skipped {
+        prompt_uid: u64,
+        /// Short label-safe reason (`invalid_answer`, `rejected`, …).
+        reason: String,
+        /// What happened, for the log.
+        message: String,
+    },
+}
+
+impl DemoOutcome {
+    /// The uid of the prompt this outcome belongs to.
+    pub fn prompt_uid(&self) -> u64 {
+        match self {
+            DemoOutcome::Demo(d) => d.prompt_uid,
+            DemoOutcome::Skipped { prompt_uid, .. } => *prompt_uid,
+        }
+    }
+}
+
 /// The black-box teacher: a demonstration (text) for a prompt. A dataset column, the synthetic
 /// oracle, or an HTTP client; it runs on its own thread so blocking I/O is fine.
 pub trait TeacherBackend {
     fn demonstrate(&mut self, prompt: &PromptItem) -> EngineResult<Demo>;
+
+    /// One outcome per prompt, in order. Backends that can ask several prompts at once
+    /// (HTTP) override this; the default asks one at a time and never skips (an error of
+    /// any prompt is the batch's error).
+    fn demonstrate_batch(&mut self, prompts: &[PromptItem]) -> EngineResult<Vec<DemoOutcome>> {
+        prompts
+            .iter()
+            .map(|p| self.demonstrate(p).map(DemoOutcome::Demo))
+            .collect()
+    }
 }
 
 /// Format check, caption/reasoning split and verifiable reward of one rollout.

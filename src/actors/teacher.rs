@@ -1,6 +1,12 @@
 //! The teacher-client actor: demonstrations (text only) from the black-box teacher, cached by
 //! prompt content hash so a prompt seen again (next epoch, a retried step) never costs a second
 //! teacher query. The cache lives outside the actor and survives its restarts.
+//!
+//! Prompts are handed to the backend as one batch ([`TeacherBackend::demonstrate_batch`]), so
+//! an HTTP teacher asks them concurrently. A prompt the backend reports as skipped (its answer
+//! never became valid, under `on_invalid = "skip"`) is logged, counted in
+//! `prism_teacher_skipped_total{reason}` and never cached: it is asked again (from the
+//! backend's own answer cache, for the HTTP teacher) the next time it comes up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::compute::{BusyMeter, ComputeThread};
 use super::config::DeviceSpec;
-use super::engine::{TeacherBackend, TeacherFactory};
+use super::engine::{DemoOutcome, TeacherBackend, TeacherFactory};
 use super::faults::FaultInjector;
 use super::messages::{Demo, PromptItem};
 use crate::telemetry;
@@ -35,8 +41,11 @@ pub fn prompt_hash(p: &PromptItem) -> String {
 }
 
 pub enum TeacherMsg {
-    /// One demonstration per prompt, in order.
+    /// One demonstration per prompt, in order; a skipped prompt fails the request.
     Demonstrate(Arc<Vec<PromptItem>>, RpcReplyPort<Vec<Demo>>),
+    /// One outcome per prompt, in order: a demonstration or a reported skip (what alignment
+    /// asks for).
+    Outcomes(Arc<Vec<PromptItem>>, RpcReplyPort<Vec<DemoOutcome>>),
 }
 
 pub struct TeacherActor;
@@ -93,8 +102,27 @@ impl Actor for TeacherActor {
         match msg {
             TeacherMsg::Demonstrate(prompts, reply) => {
                 state.faults.apply(&state.stage, "demonstrate").await?;
-                let demos = demonstrate(state, prompts).await?;
+                let outcomes = demonstrate(state, prompts).await?;
+                let demos = outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        DemoOutcome::Demo(d) => Ok(d),
+                        DemoOutcome::Skipped {
+                            prompt_uid,
+                            message,
+                            ..
+                        } => Err(format!(
+                            "{}: no demonstration for prompt {prompt_uid}: {message}",
+                            state.name
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let _ = reply.send(demos);
+            }
+            TeacherMsg::Outcomes(prompts, reply) => {
+                state.faults.apply(&state.stage, "demonstrate").await?;
+                let outcomes = demonstrate(state, prompts).await?;
+                let _ = reply.send(outcomes);
             }
         }
         Ok(())
@@ -104,7 +132,7 @@ impl Actor for TeacherActor {
 async fn demonstrate(
     s: &mut TeacherState,
     prompts: Arc<Vec<PromptItem>>,
-) -> Result<Vec<Demo>, String> {
+) -> Result<Vec<DemoOutcome>, String> {
     let hashes: Vec<String> = prompts.iter().map(prompt_hash).collect();
     // First occurrence of each prompt content not in the cache (a repeated prompt within the
     // request is asked once).
@@ -120,30 +148,75 @@ async fn demonstrate(
         .increment(hits);
     metrics::counter!(telemetry::TEACHER_CACHE_MISSES_TOTAL, "stage" => s.stage.clone())
         .increment(missing.len() as u64);
+    // Skips of this request by prompt hash (reason, message); never cached.
+    let mut skipped: HashMap<String, (String, String)> = HashMap::new();
     if !missing.is_empty() {
         let todo: Vec<PromptItem> = missing.iter().map(|&i| prompts[i].clone()).collect();
+        let asked = todo.len();
         let fresh = s
             .compute
-            .run(move |e| {
-                todo.iter()
-                    .map(|p| e.demonstrate(p))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .run(move |e| e.demonstrate_batch(&todo))
             .await
             .map_err(|e| format!("{}: demonstrate: {e}", s.name))?;
+        if fresh.len() != asked
+            || fresh
+                .iter()
+                .zip(&missing)
+                .any(|(o, &i)| o.prompt_uid() != prompts[i].uid)
+        {
+            return Err(format!(
+                "{}: the backend returned {} outcomes for {asked} prompts, or for the wrong prompts",
+                s.name,
+                fresh.len()
+            ));
+        }
         let mut cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
-        for (&i, d) in missing.iter().zip(fresh) {
-            cache.insert(hashes[i].clone(), d);
+        for (&i, o) in missing.iter().zip(fresh) {
+            match o {
+                DemoOutcome::Demo(d) => {
+                    cache.insert(hashes[i].clone(), d);
+                }
+                DemoOutcome::Skipped {
+                    prompt_uid,
+                    reason,
+                    message,
+                } => {
+                    tracing::warn!(
+                        "{}: skipping prompt {prompt_uid} for this step ({reason}): {message}",
+                        s.name
+                    );
+                    metrics::counter!(
+                        telemetry::TEACHER_SKIPPED_TOTAL,
+                        "stage" => s.stage.clone(),
+                        "reason" => reason.clone()
+                    )
+                    .increment(1);
+                    skipped.insert(hashes[i].clone(), (reason, message));
+                }
+            }
         }
     }
     let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(prompts
+    prompts
         .iter()
         .zip(&hashes)
         .map(|(p, h)| {
-            let mut d = cache[h].clone();
-            d.prompt_uid = p.uid;
-            d
+            if let Some(d) = cache.get(h) {
+                let mut d = d.clone();
+                d.prompt_uid = p.uid;
+                Ok(DemoOutcome::Demo(d))
+            } else if let Some((reason, message)) = skipped.get(h) {
+                Ok(DemoOutcome::Skipped {
+                    prompt_uid: p.uid,
+                    reason: reason.clone(),
+                    message: message.clone(),
+                })
+            } else {
+                Err(format!(
+                    "{}: prompt {} was neither demonstrated nor skipped",
+                    s.name, p.uid
+                ))
+            }
         })
-        .collect())
+        .collect()
 }

@@ -1,12 +1,16 @@
 //! [`HttpTeacher`]: the synchronous [`TeacherBackend`] the teacher-client actor drives, bridging
-//! to the async [`TeacherClient`] with a runtime of its own (the actor calls it on its dedicated
-//! compute thread, never inside another runtime).
+//! to the async [`TeacherClient`] through one process-wide runtime (the actor calls it on its
+//! dedicated compute thread, never inside another runtime). The runtime is shared, not one per
+//! backend, because the client's pooled keep-alive connections belong to the runtime that
+//! opened them: a backend rebuilt with a runtime of its own would pick up a connection whose
+//! runtime nobody drives any more and hang until the timeout.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::client::{TeacherClient, TeacherRequest};
+use super::config::OnInvalid;
 use super::error::TeacherError;
-use crate::actors::engine::{EngineResult, TeacherBackend};
+use crate::actors::engine::{DemoOutcome, EngineResult, TeacherBackend};
 use crate::actors::messages::{Demo, PromptItem, Segment};
 
 /// The encoded images of a prompt (the runtime's `PromptItem` carries only their hash; the data
@@ -16,22 +20,37 @@ pub type ImageLookup = Arc<dyn Fn(&PromptItem) -> Result<Vec<Vec<u8>>, String> +
 /// The HTTP teacher as a [`TeacherBackend`]. Segments carry text only (`tokens` empty): the
 /// teacher's tokenizer is not ours, and the experts tokenise the text themselves.
 pub struct HttpTeacher {
-    runtime: tokio::runtime::Runtime,
+    runtime: &'static tokio::runtime::Runtime,
     client: TeacherClient,
     images: ImageLookup,
 }
 
+/// The runtime every [`HttpTeacher`] of the process runs its requests on (two workers, so
+/// pooled connections are always driven).
+fn shared_runtime() -> Result<&'static tokio::runtime::Runtime, TeacherError> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("prism-teacher-http")
+        .build()
+        .map_err(|e| TeacherError::Client(format!("tokio runtime: {e}")))?;
+    // Another thread may have won the race; its runtime is the one kept.
+    let _ = RUNTIME.set(rt);
+    RUNTIME
+        .get()
+        .ok_or_else(|| TeacherError::Client("tokio runtime was not kept".into()))
+}
+
 impl HttpTeacher {
     /// A backend over `client`. Share one client between rebuilds of the backend (an actor
-    /// restart) so they share the open cache and the limits.
+    /// restart) so they share the open cache, the limits and the connections.
     pub fn new(client: TeacherClient, images: ImageLookup) -> Result<HttpTeacher, TeacherError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("prism-teacher-http")
-            .build()
-            .map_err(|e| TeacherError::Client(format!("tokio runtime: {e}")))?;
         Ok(HttpTeacher {
-            runtime,
+            runtime: shared_runtime()?,
             client,
             images,
         })
@@ -94,10 +113,51 @@ impl HttpTeacher {
     }
 }
 
+/// True for errors that concern one prompt alone and may be skipped under
+/// [`OnInvalid::Skip`]: an answer that never became format-valid, or the server refusing this
+/// request as malformed or too large (400, 413, 422). Authentication, retries exhausted,
+/// cache and image-lookup errors concern every prompt and always fail.
+pub fn skippable(e: &TeacherError) -> bool {
+    match e {
+        TeacherError::InvalidAnswer { .. } => true,
+        TeacherError::Rejected { status, .. } => matches!(status, 400 | 413 | 422),
+        _ => false,
+    }
+}
+
+/// Applies the `on_invalid` policy to the result of one prompt of a batch.
+pub fn outcome(
+    policy: OnInvalid,
+    prompt: &PromptItem,
+    result: Result<Demo, TeacherError>,
+) -> Result<DemoOutcome, TeacherError> {
+    match result {
+        Ok(d) => Ok(DemoOutcome::Demo(d)),
+        Err(e) if policy == OnInvalid::Skip && skippable(&e) => Ok(DemoOutcome::Skipped {
+            prompt_uid: prompt.uid,
+            reason: e.reason().to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 impl TeacherBackend for HttpTeacher {
     /// A prompt whose answer never becomes valid (or whose call fails) is an error naming the
     /// prompt; it is never replaced by an unchecked answer.
     fn demonstrate(&mut self, prompt: &PromptItem) -> EngineResult<Demo> {
         Ok(self.demo(prompt)?)
+    }
+
+    /// The prompts are asked concurrently (under the client's concurrency and rate limits);
+    /// the config's `on_invalid` decides whether a prompt that never gets a valid answer is
+    /// skipped or fails the batch. The first non-skipped error names its prompt.
+    fn demonstrate_batch(&mut self, prompts: &[PromptItem]) -> EngineResult<Vec<DemoOutcome>> {
+        let policy = self.client.config().on_invalid;
+        let mut out = Vec::with_capacity(prompts.len());
+        for (p, r) in prompts.iter().zip(self.demos(prompts)) {
+            out.push(outcome(policy, p, r).map_err(|e| format!("teacher: prompt {}: {e}", p.uid))?);
+        }
+        Ok(out)
     }
 }

@@ -32,6 +32,28 @@ impl Default for BackoffConfig {
     }
 }
 
+/// What becomes of a prompt whose teacher answer never becomes format-valid (or that the
+/// teacher refuses on its own, HTTP 400/413/422) when demonstrations are asked in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Report the prompt (log and `prism_teacher_skipped_total{reason}`) and go on without its
+    /// demonstration: its Bradley–Terry pairs are left out of that step.
+    #[default]
+    Skip,
+    /// Fail the teacher-client (the supervisor restarts it; the restart budget ends the run).
+    Fail,
+}
+
+impl OnInvalid {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInvalid::Skip => "skip",
+            OnInvalid::Fail => "fail",
+        }
+    }
+}
+
 /// One OpenAI-compatible Chat Completions teacher (Gemini's OpenAI endpoint, vLLM, SGLang).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +94,10 @@ pub struct TeacherConfig {
     /// correction and asked again; after that the prompt is reported as failed.
     #[serde(default = "default_reasks")]
     pub max_reasks: u32,
+    /// `skip` (default) or `fail`: what a prompt that never gets a valid answer does to the
+    /// alignment step (see [`OnInvalid`]).
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
     /// `max_tokens` of each request.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
@@ -129,6 +155,7 @@ impl TeacherConfig {
             max_retries: default_retries(),
             backoff: BackoffConfig::default(),
             max_reasks: default_reasks(),
+            on_invalid: OnInvalid::Skip,
             max_tokens: default_max_tokens(),
             temperature: 0.0,
             price_per_1k_input: 0.0,
@@ -253,6 +280,17 @@ mod tests {
         let cfg: TeacherConfig = toml::from_str(text).unwrap();
         assert_eq!(cfg.max_concurrency, 8);
         assert_eq!(cfg.backoff, BackoffConfig::default());
+        assert_eq!(cfg.on_invalid, OnInvalid::Skip);
+        let fail: TeacherConfig =
+            toml::from_str(&format!("{text}on_invalid = \"fail\"\n")).unwrap();
+        assert_eq!(fail.on_invalid, OnInvalid::Fail);
+        let err = toml::from_str::<TeacherConfig>(&format!("{text}on_invalid = \"ignore\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ignore") || err.contains("on_invalid"),
+            "{err}"
+        );
         assert!(cfg.validate().is_ok());
         let mut bad = cfg.clone();
         bad.max_concurrency = 0;

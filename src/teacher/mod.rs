@@ -22,6 +22,9 @@
 //! three-block format is re-asked up to `max_reasks` times; if it never becomes valid the call
 //! fails with [`TeacherError::InvalidAnswer`] (cached, so a restart does not pay for it again)
 //! and its answer is never used. Every prompt ends with a valid demonstration or an error.
+//! In batches ([`HttpTeacher`]'s `demonstrate_batch`, what alignment uses), `on_invalid =
+//! "skip"` (the default) turns such a prompt, and one the server refuses on its own
+//! (HTTP 400/413/422), into a reported skip instead of an error: alignment goes on without it.
 
 pub mod backend;
 pub mod cache;
@@ -34,5 +37,5 @@ pub mod limits;
 pub use backend::{HttpTeacher, ImageLookup};
 pub use cache::{AnswerCache, CacheEntry, CacheStatus, request_key};
 pub use client::{Answer, ApiKey, TeacherClient, TeacherRequest, TeacherStats};
-pub use config::{BackoffConfig, TeacherConfig};
+pub use config::{BackoffConfig, OnInvalid, TeacherConfig};
 pub use error::TeacherError;

@@ -22,7 +22,7 @@ use crate::actors::messages::{DType, StageKind, WeightsSnapshot};
 use crate::actors::{CheckpointHook, CheckpointReason, StageCheckpoint};
 use crate::models::config::Qwen3VlConfig;
 use crate::models::weights::{DEFAULT_MAX_SHARD_BYTES, save_tensors};
-use crate::report::metrics_log::MetricsLog;
+use crate::report::metrics_log::{MetricsLog, keys};
 use crate::stages::sft::{OPTIMIZER_STATE, TRAINER_STATE, copy_processor_files};
 use crate::stages::{Result, StageContext, StageError};
 
@@ -288,14 +288,20 @@ impl CheckpointHook for RlCheckpointHook {
         if let Some(s) = metrics.get("skipped_total") {
             self.skipped.store(*s as u64, Ordering::Relaxed);
         }
-        for (key, d) in [
-            ("perception", &record.perception),
-            ("reasoning", &record.reasoning),
+        let mut disc_losses = Vec::new();
+        for (key, acc_key, d) in [
+            ("perception", keys::CAP_ACC, &record.perception),
+            ("reasoning", keys::COT_ACC, &record.reasoning),
         ] {
             if let Some(d) = d {
                 metrics.insert(format!("{key}_disc_loss"), f64::from(d.loss));
-                metrics.insert(format!("{key}_disc_acc"), f64::from(d.accuracy));
+                metrics.insert(acc_key.to_string(), f64::from(d.accuracy));
+                disc_losses.push(f64::from(d.loss));
             }
+        }
+        if !disc_losses.is_empty() {
+            let mean = disc_losses.iter().sum::<f64>() / disc_losses.len() as f64;
+            metrics.insert(keys::DISC_LOSS.to_string(), mean);
         }
         self.log
             .lock()

@@ -125,9 +125,8 @@ fn unknown_stage_kinds_and_misplaced_align_keys_are_named() {
     let text = format!("{MINIMAL}\n[[stages]]\nkind = \"align\"\n[stages.policy]\nsteps = 0\n");
     let e = err(&text, &[]);
     assert!(e.contains("stages.1.policy.steps"), "{e}");
-    let text = format!(
-        "{MINIMAL}\n[[stages]]\nkind = \"align\"\n[stages.teacher]\nsource = \"http\"\n"
-    );
+    let text =
+        format!("{MINIMAL}\n[[stages]]\nkind = \"align\"\n[stages.teacher]\nsource = \"http\"\n");
     let e = err(&text, &[]);
     assert!(e.contains("stages.1.teacher.config"), "{e}");
 }

@@ -659,6 +659,8 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         tail_losses: losses.tail.iter().copied().collect(),
         first_eval_loss: first_eval,
     };
+    let mut bar = crate::report::progress::global().stage(&stage, cfg.steps);
+    bar.set_step(first_step.saturating_sub(1));
     for step in first_step..=cfg.steps {
         let t0 = Instant::now();
         // micro-batches of this step, consuming the data order
@@ -750,6 +752,10 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
             rec.push(("eval_loss", l));
         }
         log.write(step, rec)?;
+        if loss.is_finite() {
+            bar.set_metric("loss", loss);
+        }
+        bar.set_step(step);
         if in_row >= cfg.max_bad_steps_in_row {
             return Err(StageError::NonFinite {
                 stage: stage.clone(),
@@ -784,6 +790,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         }
     }
 
+    bar.finish();
     let final_dir = stage_dir.join(checkpoint::FINAL_DIR);
     let state = trainer_state(cfg.steps, &opt, pos, skipped, &losses, last_eval);
     log.sync()?;

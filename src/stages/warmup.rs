@@ -392,6 +392,8 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
     let mut losses: Vec<f64> = Vec::new();
     let mut in_row = 0u64;
     let mut last_eval = None;
+    let mut bar = crate::report::progress::global().stage(&stage, cfg.steps);
+    bar.set_step(first_step.saturating_sub(1));
     for step in first_step..=cfg.steps {
         let t0 = Instant::now();
         let mut lines = Vec::with_capacity(cfg.batch_size);
@@ -474,8 +476,12 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
             evals.push(e);
             last_eval = Some(e);
         }
+        if loss.is_finite() {
+            bar.set_metric("d_loss", loss);
+        }
         log.log(&stage, &ctx.arm, step, m)
             .map_err(|e| invalid(e.to_string()))?;
+        bar.set_step(step);
         if in_row >= cfg.max_bad_steps_in_row {
             return Err(StageError::NonFinite {
                 stage: stage.clone(),
@@ -517,6 +523,7 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
             log.sync().map_err(|e| invalid(e.to_string()))?;
         }
     }
+    bar.finish();
 
     let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
     let k = losses.len().min(5);

@@ -129,6 +129,7 @@ pub struct RlCheckpointHook {
     too_long: Vec<usize>,
     log: Mutex<MetricsLog>,
     skipped: AtomicU64,
+    bar: Mutex<crate::report::progress::StageProgress>,
 }
 
 impl RlCheckpointHook {
@@ -165,6 +166,11 @@ impl RlCheckpointHook {
             too_long,
             log: Mutex::new(log),
             skipped: AtomicU64::new(0),
+            bar: Mutex::new({
+                let mut b = crate::report::progress::global().stage(&ctx.name, opts.steps);
+                b.set_step(offset);
+                b
+            }),
         })
     }
 
@@ -302,6 +308,16 @@ impl CheckpointHook for RlCheckpointHook {
         if !disc_losses.is_empty() {
             let mean = disc_losses.iter().sum::<f64>() / disc_losses.len() as f64;
             metrics.insert(keys::DISC_LOSS.to_string(), mean);
+        }
+        {
+            let mut bar = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = metrics.get(keys::REWARD_MEAN).filter(|r| r.is_finite()) {
+                bar.set_metric("reward", *r);
+            }
+            bar.set_step(step);
+            if step >= self.total_steps {
+                bar.finish();
+            }
         }
         self.log
             .lock()

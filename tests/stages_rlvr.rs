@@ -877,6 +877,10 @@ fn grpo_from_an_sfted_policy_raises_the_mean_reward() {
         last > first + TREND_MARGIN,
         "first {first}, last {last}: {rewards:?}"
     );
+    assert!(
+        v1 > v0 + VALID_MARGIN,
+        "format-valid {v0} -> {v1}: {valid:?}"
+    );
 }
 
 /// SFT steps before RL: the tiny policy then writes the format in roughly a third of its
@@ -887,5 +891,9 @@ const RL_STEPS: u64 = 20;
 /// and 20 steps show no trend (measured: reward 0.031 over the first 5 steps, 0.038 over the
 /// last 5).
 const RL_TEMPERATURE: f64 = 0.7;
-/// The rise asserted (first 3 vs last 5 steps); the measured rises are in the report.
-const TREND_MARGIN: f64 = 0.02;
+/// The rise of the mean reward asserted (first 3 vs last 5 steps). Measured rises, 4 runs
+/// (this test: +0.100, 0.083 → 0.184; with another init seed and RL seeds 3, 1, 2: +0.065,
+/// +0.074, +0.099): the margin is half the smallest.
+const TREND_MARGIN: f64 = 0.03;
+/// The same for the format-valid rate (measured rises +0.28 to +0.31).
+const VALID_MARGIN: f64 = 0.1;

@@ -478,6 +478,35 @@ fn mini_batches_make_the_ratio_differ_from_one() {
 }
 
 #[test]
+fn micro_batches_accumulate_the_same_gradient() {
+    let (mut pol, items) = policy_engine(4);
+    let prompts = &items[..2];
+    let rs = pol.generate(prompts, 4, &sampling(6, 10)).unwrap();
+    let acc = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+    let fmt = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0];
+    for algorithm in [RlAlgorithm::Grpo, RlAlgorithm::Gspo] {
+        let batch = scored(prompts, &rs, &acc, &fmt, StageKind::Rlvr, 4);
+        let opts = |micro: usize| {
+            options(|c| {
+                c.algorithm = algorithm;
+                c.warmup_ratio = Some(0.0);
+                c.micro_batch_size = micro;
+            })
+        };
+        let whole = learner(opts(0)).step(&batch).unwrap();
+        let split = learner(opts(3)).step(&batch).unwrap();
+        for key in ["loss", "grad_norm", "entropy", "ppo_kl", "policy_loss"] {
+            let (a, b) = (extra(&whole, key), extra(&split, key));
+            assert!(
+                (a - b).abs() < 1e-5 * (1.0 + a.abs()),
+                "{algorithm:?} {key}: {a} vs {b}"
+            );
+        }
+        assert_eq!(extra(&whole, "tokens"), extra(&split, "tokens"));
+    }
+}
+
+#[test]
 fn kl_to_the_input_policy_and_gspo_train() {
     let (mut pol, items) = policy_engine(4);
     let prompts = &items[..2];

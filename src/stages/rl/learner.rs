@@ -45,6 +45,7 @@ use crate::algo::policy_loss::{
 use crate::models::Qwen3Vl;
 use crate::models::generate_cli::model_inputs;
 use crate::models::processor::{PaddingSide, Processor};
+use crate::report::metrics_log::keys;
 use crate::reward::score::{ACC_WEIGHT, FORMAT_WEIGHT};
 use crate::stages::prompts::PromptStore;
 
@@ -506,9 +507,9 @@ impl LearnerEngine for QwenLearner {
         let stage_step = self.step_offset + batch.step + 1;
         let rewards = batch_rewards(batch, &self.opts)?;
         let mut m: BTreeMap<String, f64> = BTreeMap::new();
-        m.insert("reward_mean".into(), mean(&rewards.score));
-        m.insert("accuracy".into(), mean(&rewards.accuracy));
-        m.insert("format_valid_rate".into(), mean(&rewards.format));
+        m.insert(keys::REWARD_MEAN.into(), mean(&rewards.score));
+        m.insert(keys::ACCURACY.into(), mean(&rewards.accuracy));
+        m.insert(keys::FORMAT_VALID_RATE.into(), mean(&rewards.format));
         let lens: Vec<f32> = rewards.lengths.iter().map(|&l| l as f32).collect();
         m.insert("response_length_mean".into(), mean(&lens));
         m.insert(
@@ -516,8 +517,8 @@ impl LearnerEngine for QwenLearner {
             lens.iter().copied().fold(0.0f32, f32::max).into(),
         );
         if batch.kind == StageKind::Align {
-            m.insert("reward_perception".into(), mean(&rewards.caption));
-            m.insert("reward_reasoning".into(), mean(&rewards.reasoning));
+            m.insert(keys::REWARD_PERCEPTION.into(), mean(&rewards.caption));
+            m.insert(keys::REWARD_REASONING.into(), mean(&rewards.reasoning));
         }
         let kept = kept_samples(batch, &rewards, &self.opts)?;
         let groups_total = {
@@ -607,12 +608,12 @@ impl LearnerEngine for QwenLearner {
         } else {
             avg(|s| s.loss)
         };
-        m.insert("loss".into(), loss);
-        m.insert("policy_loss".into(), avg(|s| s.pg_loss));
+        m.insert(keys::LOSS.into(), loss);
+        m.insert(keys::POLICY_LOSS.into(), avg(|s| s.pg_loss));
         m.insert("pg_clipfrac".into(), avg(|s| s.pg_clipfrac));
         m.insert("pg_clipfrac_lower".into(), avg(|s| s.pg_clipfrac_lower));
         m.insert("ppo_kl".into(), avg(|s| s.ppo_kl));
-        m.insert("kl".into(), avg(|s| s.kl));
+        m.insert(keys::KL.into(), avg(|s| s.kl));
         m.insert("entropy".into(), avg(|s| s.entropy));
         m.insert("grad_norm".into(), avg(|s| s.grad_norm));
         m.insert("lr".into(), done.last().map_or(f64::NAN, |s| s.lr));

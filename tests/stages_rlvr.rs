@@ -973,3 +973,49 @@ save_every = 0
             .all(|r| r["stage"] == "rl" && r["arm"] == "baseline")
     );
 }
+
+#[test]
+fn prompts_over_max_prompt_tokens_are_reported_not_dropped_silently() {
+    let init = setup().init.clone();
+    let processor = Processor::from_dir(&init).unwrap();
+    let rl = setup().data.rl_train.clone().unwrap();
+    let st = PromptStore::load(&processor, &rl, Some(8)).unwrap();
+    let (items, _) = st.items(&processor, 1, usize::MAX).unwrap();
+    let mut lens: Vec<usize> = items.iter().map(|i| i.prompt_ids.len()).collect();
+    lens.sort_unstable();
+    let (shortest, longest) = (lens[0], lens[lens.len() - 1]);
+    assert!(shortest < longest, "the synthetic prompts vary in length");
+    let want: Vec<usize> = items
+        .iter()
+        .filter(|i| i.prompt_ids.len() > shortest)
+        .map(|i| i.uid as usize)
+        .collect();
+    let cfg = RlvrConfig {
+        name: Some("rl".into()),
+        steps: 1,
+        prompts_per_step: 1,
+        samples_per_prompt: 2,
+        max_new_tokens: 4,
+        max_prompt_tokens: shortest,
+        limit: Some(8),
+        save_every: 0,
+        ..RlvrConfig::default()
+    };
+    let c = ctx("too-long", "rl");
+    let s = run_rlvr(&cfg, &c, &init, &sync_actors()).unwrap();
+    let state = read_trainer_state(&s.output, StageKind::Rlvr).unwrap();
+    assert_eq!(state.prompts_too_long, want);
+    // every prompt too long: an error that says so
+    let e = run_rlvr(
+        &RlvrConfig {
+            max_prompt_tokens: shortest - 1,
+            ..cfg
+        },
+        &ctx("too-long-all", "rl"),
+        &init,
+        &sync_actors(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("longer than max_prompt_tokens"), "{e}");
+}

@@ -641,6 +641,9 @@ pub struct RlvrConfig {
     /// Policy updates per step: the batch is split into this many mini-batches, each one an
     /// optimizer step (so from the second on the ratio to the behaviour policy is not 1).
     pub mini_batches: usize,
+    /// Rollouts per forward/backward inside a mini-batch (gradients accumulate; the loss is
+    /// normalised over the whole mini-batch); 0 = the whole mini-batch in one forward.
+    pub micro_batch_size: usize,
     /// Passes over the prompts.
     pub passes: usize,
     /// RL parquet of training prompts. Default: the prepared `rl_train.parquet`.
@@ -798,6 +801,7 @@ impl Default for RlvrConfig {
             kl_estimator: KlEstimatorName::K3,
             entropy_coef: 0.0,
             mini_batches: 1,
+            micro_batch_size: 0,
             passes: 1,
             data: None,
             limit: None,

@@ -479,6 +479,35 @@ fn mini_batches_make_the_ratio_differ_from_one() {
 }
 
 #[test]
+fn micro_batches_accumulate_the_same_gradient() {
+    let (mut pol, items) = policy_engine(4);
+    let prompts = &items[..2];
+    let rs = pol.generate(prompts, 4, &sampling(6, 10)).unwrap();
+    let acc = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+    let fmt = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0];
+    for algorithm in [RlAlgorithm::Grpo, RlAlgorithm::Gspo] {
+        let batch = scored(prompts, &rs, &acc, &fmt, StageKind::Rlvr, 4);
+        let opts = |micro: usize| {
+            options(|c| {
+                c.algorithm = algorithm;
+                c.warmup_ratio = Some(0.0);
+                c.micro_batch_size = micro;
+            })
+        };
+        let whole = learner(opts(0)).step(&batch).unwrap();
+        let split = learner(opts(3)).step(&batch).unwrap();
+        for key in ["loss", "grad_norm", "entropy", "ppo_kl", "policy_loss"] {
+            let (a, b) = (extra(&whole, key), extra(&split, key));
+            assert!(
+                (a - b).abs() < 1e-5 * (1.0 + a.abs()),
+                "{algorithm:?} {key}: {a} vs {b}"
+            );
+        }
+        assert_eq!(extra(&whole, "tokens"), extra(&split, "tokens"));
+    }
+}
+
+#[test]
 fn kl_to_the_input_policy_and_gspo_train() {
     let (mut pol, items) = policy_engine(4);
     let prompts = &items[..2];
@@ -845,6 +874,7 @@ fn grpo_from_an_sfted_policy_raises_the_mean_reward() {
         steps: RL_STEPS,
         prompts_per_step: 4,
         samples_per_prompt: 8,
+        temperature: RL_TEMPERATURE,
         max_new_tokens: 128,
         lr: 1e-4,
         passes: 4,
@@ -854,25 +884,139 @@ fn grpo_from_an_sfted_policy_raises_the_mean_reward() {
     let rl_ctx = ctx("trend", "rl");
     run_rlvr(&cfg, &rl_ctx, &sfted, &ActorsConfig::default()).unwrap();
     let log = std::fs::read_to_string(rl_ctx.run_dir.join("metrics.jsonl")).unwrap();
-    let rewards: Vec<f64> = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["metrics"]["reward_mean"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let series = |key: &str| -> Vec<f64> {
+        log.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["metrics"][key]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (rewards, valid) = (series("reward_mean"), series("format_valid_rate"));
     assert_eq!(rewards.len(), RL_STEPS as usize);
-    let k = 5;
-    let first = rewards[..k].iter().sum::<f64>() / k as f64;
-    let last = rewards[rewards.len() - k..].iter().sum::<f64>() / k as f64;
-    eprintln!("reward mean: first {k} steps {first:.4}, last {k} steps {last:.4}: {rewards:?}");
+    // the first steps (the SFT policy and its first updates) against the last ones
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let (first, last) = (mean(&rewards[..3]), mean(&rewards[rewards.len() - 5..]));
+    let (v0, v1) = (mean(&valid[..3]), mean(&valid[valid.len() - 5..]));
+    eprintln!(
+        "reward mean: first 3 steps {first:.4}, last 5 steps {last:.4}; format-valid rate \
+         {v0:.3} -> {v1:.3}\nrewards {rewards:?}\nvalid {valid:?}"
+    );
     assert!(
         last > first + TREND_MARGIN,
         "first {first}, last {last}: {rewards:?}"
     );
+    assert!(
+        v1 > v0 + VALID_MARGIN,
+        "format-valid {v0} -> {v1}: {valid:?}"
+    );
 }
 
+/// SFT steps before RL: the tiny policy then writes the format in roughly a third of its
+/// samples at temperature 0.7, so groups have reward variance to learn from.
 const SFT_STEPS: u64 = 150;
 const RL_STEPS: u64 = 20;
-const TREND_MARGIN: f64 = 0.02;
+/// Below the paper's 1.0: at 1.0 the 150-step SFT policy is valid in only ~10 % of its samples
+/// and 20 steps show no trend (measured: reward 0.031 over the first 5 steps, 0.038 over the
+/// last 5).
+const RL_TEMPERATURE: f64 = 0.7;
+/// The rise of the mean reward asserted (first 3 vs last 5 steps). Measured rises, 4 runs
+/// (this test: +0.100, 0.083 → 0.184; with another init seed and RL seeds 3, 1, 2: +0.065,
+/// +0.074, +0.099): the margin is half the smallest.
+const TREND_MARGIN: f64 = 0.03;
+/// The same for the format-valid rate (measured rises +0.28 to +0.31).
+const VALID_MARGIN: f64 = 0.1;
+
+#[test]
+fn pipeline_runs_an_rlvr_stage_from_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[run]
+out_dir = "{}"
+metrics_addr = "none"
+[data.synth]
+train = 8
+eval = 0
+seed = 1
+difficulties = [1]
+[policy.tiny]
+image_max_pixels = 4096
+[actors]
+sync = true
+[[stages]]
+kind = "rlvr"
+name = "rl"
+arm = "baseline"
+steps = 2
+prompts_per_step = 2
+samples_per_prompt = 2
+max_new_tokens = 8
+lr = 1e-3
+save_every = 0
+"#,
+        dir.path().join("run").display()
+    );
+    let cfg = RunConfig::from_toml_str(&text, Path::new("p.toml"), &[]).unwrap();
+    let out = prism::stages::pipeline::run_pipeline(&cfg).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].kind.as_str(), out[0].steps), ("rlvr", 2));
+    assert_eq!(out[0].output, dir.path().join("run/rl/final"));
+    let log = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2);
+    assert!(
+        recs.iter()
+            .all(|r| r["stage"] == "rl" && r["arm"] == "baseline")
+    );
+}
+
+#[test]
+fn prompts_over_max_prompt_tokens_are_reported_not_dropped_silently() {
+    let init = setup().init.clone();
+    let processor = Processor::from_dir(&init).unwrap();
+    let rl = setup().data.rl_train.clone().unwrap();
+    let st = PromptStore::load(&processor, &rl, Some(8)).unwrap();
+    let (items, _) = st.items(&processor, 1, usize::MAX).unwrap();
+    let mut lens: Vec<usize> = items.iter().map(|i| i.prompt_ids.len()).collect();
+    lens.sort_unstable();
+    let (shortest, longest) = (lens[0], lens[lens.len() - 1]);
+    assert!(shortest < longest, "the synthetic prompts vary in length");
+    let want: Vec<usize> = items
+        .iter()
+        .filter(|i| i.prompt_ids.len() > shortest)
+        .map(|i| i.uid as usize)
+        .collect();
+    let cfg = RlvrConfig {
+        name: Some("rl".into()),
+        steps: 1,
+        prompts_per_step: 1,
+        samples_per_prompt: 2,
+        max_new_tokens: 4,
+        max_prompt_tokens: shortest,
+        limit: Some(8),
+        save_every: 0,
+        ..RlvrConfig::default()
+    };
+    let c = ctx("too-long", "rl");
+    let s = run_rlvr(&cfg, &c, &init, &sync_actors()).unwrap();
+    let state = read_trainer_state(&s.output, StageKind::Rlvr).unwrap();
+    assert_eq!(state.prompts_too_long, want);
+    // every prompt too long: an error that says so
+    let e = run_rlvr(
+        &RlvrConfig {
+            max_prompt_tokens: shortest - 1,
+            ..cfg
+        },
+        &ctx("too-long-all", "rl"),
+        &init,
+        &sync_actors(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("longer than max_prompt_tokens"), "{e}");
+}

@@ -8,10 +8,12 @@
 //!    multi-reward advantage ([`prism_multi_reward_advantage`]);
 //! 3. DAPO dynamic sampling (optional): groups whose accuracy does not vary are dropped; if none
 //!    is left the step is skipped (no update) and counted in `dynamic_sampling_skipped`;
-//! 4. the kept rollouts are split into `mini_batches` mini-batches, each one forward of prompt +
-//!    response (images included), the configured policy loss against the rollouts' *behaviour*
-//!    log-probs (so from the second mini-batch on the ratio differs from 1 and clipping is real),
-//!    optional KL to the frozen input policy, backward, grad-norm clip, one AdamW update;
+//! 4. the kept rollouts are split into `mini_batches` mini-batches, each one AdamW update: a
+//!    forward of prompt + response (images included) per micro-batch of `micro_batch_size`
+//!    rollouts, the configured policy loss against the rollouts' *behaviour* log-probs (so from
+//!    the second mini-batch on the ratio differs from 1 and clipping is real) normalised over the
+//!    whole mini-batch ([`GlobalBatch`]), optional KL to the frozen input policy, backward
+//!    (accumulated), grad-norm clip, one AdamW update;
 //! 5. a non-finite loss or gradient norm skips the rest of the step (counted); after
 //!    `max_bad_steps_in_row` such steps in a row the step fails with an error.
 //!
@@ -38,11 +40,12 @@ use crate::algo::advantage::{
 };
 use crate::algo::numerics::is_finite;
 use crate::algo::policy_loss::{
-    KlPenalty, PolicyBatch, entropy_from_logits, policy_loss, token_log_probs,
+    GlobalBatch, KlPenalty, PolicyBatch, entropy_from_logits, policy_loss, token_log_probs,
 };
 use crate::models::Qwen3Vl;
 use crate::models::generate_cli::model_inputs;
 use crate::models::processor::{PaddingSide, Processor};
+use crate::report::metrics_log::keys;
 use crate::reward::score::{ACC_WEIGHT, FORMAT_WEIGHT};
 use crate::stages::prompts::PromptStore;
 
@@ -358,12 +361,14 @@ impl QwenLearner {
         Ok((logp, mask, logits))
     }
 
-    /// One mini-batch update; `None` when the loss or the gradient is not finite (nothing
-    /// applied).
-    fn update(
+    /// Forward, loss and backward of one micro-batch (gradients accumulate). `global` holds
+    /// the normalisers of the whole mini-batch when it is split, so the micro-batch losses sum
+    /// to the mini-batch loss. `None` when the loss is not finite (nothing backpropagated).
+    fn micro_backward(
         &mut self,
         samples: &[&ScoredSample],
         adv_rows: &Tensor,
+        global: Option<GlobalBatch>,
         inject_nan: bool,
     ) -> EngineResult<Option<MbStats>> {
         let (logp, mask, logits) = self.response_logprobs(None, samples)?;
@@ -400,7 +405,7 @@ impl QwenLearner {
                 response_mask: &mask,
                 ref_log_prob: ref_logp.as_ref(),
                 entropy: Some(&entropy),
-                global_batch: None,
+                global_batch: global,
             },
         )?;
         if inject_nan {
@@ -408,18 +413,9 @@ impl QwenLearner {
         }
         let value = loss.f_double_value(&[])?;
         if !value.is_finite() {
-            self.opt.zero_grad();
             return Ok(None);
         }
         loss.f_backward()?;
-        let norm = clip_grad_norm(&self.params, self.opts.max_grad_norm)?;
-        if !is_finite(&norm)? {
-            self.opt.zero_grad();
-            return Ok(None);
-        }
-        let lr = self.opts.adamw.lr * self.opts.schedule.factor(self.opt.step_count());
-        self.opt.step(lr)?;
-        self.opt.zero_grad();
         let scalar = |t: &Tensor| t.f_double_value(&[]);
         Ok(Some(MbStats {
             loss: value,
@@ -434,10 +430,67 @@ impl QwenLearner {
                 .map(scalar)
                 .transpose()?
                 .unwrap_or(0.0),
-            grad_norm: norm.f_double_value(&[])?,
-            lr,
+            grad_norm: 0.0,
+            lr: 0.0,
             tokens: mask.f_sum(Kind::Double)?.f_double_value(&[])?,
         }))
+    }
+
+    /// One mini-batch update (micro-batches of `micro_batch_size` rollouts, gradients
+    /// accumulated, then one clip and one AdamW step); `None` when the loss or the gradient is
+    /// not finite (nothing applied).
+    fn update(
+        &mut self,
+        samples: &[&ScoredSample],
+        adv_rows: &Tensor,
+        inject_nan: bool,
+    ) -> EngineResult<Option<MbStats>> {
+        let size = match self.opts.micro_batch_size {
+            0 => samples.len().max(1),
+            n => n,
+        };
+        // mini-batch normalisers, only when it is split (one chunk aggregates over itself)
+        let global = (samples.len() > size).then(|| {
+            let lens = samples.iter().map(|s| s.rollout.response_ids.len());
+            GlobalBatch {
+                num_tokens: lens.clone().sum::<usize>() as f64,
+                num_sequences: lens.filter(|&l| l > 0).count() as f64,
+            }
+        });
+        let mut acc = MbStats::default();
+        for (k, chunk) in samples.chunks(size).enumerate() {
+            let rows = adv_rows.f_narrow(0, (k * size) as i64, chunk.len() as i64)?;
+            let Some(s) = self.micro_backward(chunk, &rows, global, inject_nan)? else {
+                self.opt.zero_grad();
+                return Ok(None);
+            };
+            // aggregated terms (loss, KL, entropy) are shares of the mini-batch value and add up;
+            // the per-token fractions are micro-batch means, weighted by tokens
+            let w = s.tokens;
+            acc.loss += s.loss;
+            acc.pg_loss += s.pg_loss;
+            acc.kl += s.kl;
+            acc.entropy += s.entropy;
+            acc.pg_clipfrac += s.pg_clipfrac * w;
+            acc.pg_clipfrac_lower += s.pg_clipfrac_lower * w;
+            acc.ppo_kl += s.ppo_kl * w;
+            acc.tokens += w;
+        }
+        let n = acc.tokens.max(1.0);
+        acc.pg_clipfrac /= n;
+        acc.pg_clipfrac_lower /= n;
+        acc.ppo_kl /= n;
+        let norm = clip_grad_norm(&self.params, self.opts.max_grad_norm)?;
+        if !is_finite(&norm)? {
+            self.opt.zero_grad();
+            return Ok(None);
+        }
+        let lr = self.opts.adamw.lr * self.opts.schedule.factor(self.opt.step_count());
+        self.opt.step(lr)?;
+        self.opt.zero_grad();
+        acc.grad_norm = norm.f_double_value(&[])?;
+        acc.lr = lr;
+        Ok(Some(acc))
     }
 }
 
@@ -454,9 +507,9 @@ impl LearnerEngine for QwenLearner {
         let stage_step = self.step_offset + batch.step + 1;
         let rewards = batch_rewards(batch, &self.opts)?;
         let mut m: BTreeMap<String, f64> = BTreeMap::new();
-        m.insert("reward_mean".into(), mean(&rewards.score));
-        m.insert("accuracy".into(), mean(&rewards.accuracy));
-        m.insert("format_valid_rate".into(), mean(&rewards.format));
+        m.insert(keys::REWARD_MEAN.into(), mean(&rewards.score));
+        m.insert(keys::ACCURACY.into(), mean(&rewards.accuracy));
+        m.insert(keys::FORMAT_VALID_RATE.into(), mean(&rewards.format));
         let lens: Vec<f32> = rewards.lengths.iter().map(|&l| l as f32).collect();
         m.insert("response_length_mean".into(), mean(&lens));
         m.insert(
@@ -464,8 +517,8 @@ impl LearnerEngine for QwenLearner {
             lens.iter().copied().fold(0.0f32, f32::max).into(),
         );
         if batch.kind == StageKind::Align {
-            m.insert("reward_perception".into(), mean(&rewards.caption));
-            m.insert("reward_reasoning".into(), mean(&rewards.reasoning));
+            m.insert(keys::REWARD_PERCEPTION.into(), mean(&rewards.caption));
+            m.insert(keys::REWARD_REASONING.into(), mean(&rewards.reasoning));
         }
         let kept = kept_samples(batch, &rewards, &self.opts)?;
         let groups_total = {
@@ -555,12 +608,12 @@ impl LearnerEngine for QwenLearner {
         } else {
             avg(|s| s.loss)
         };
-        m.insert("loss".into(), loss);
-        m.insert("policy_loss".into(), avg(|s| s.pg_loss));
+        m.insert(keys::LOSS.into(), loss);
+        m.insert(keys::POLICY_LOSS.into(), avg(|s| s.pg_loss));
         m.insert("pg_clipfrac".into(), avg(|s| s.pg_clipfrac));
         m.insert("pg_clipfrac_lower".into(), avg(|s| s.pg_clipfrac_lower));
         m.insert("ppo_kl".into(), avg(|s| s.ppo_kl));
-        m.insert("kl".into(), avg(|s| s.kl));
+        m.insert(keys::KL.into(), avg(|s| s.kl));
         m.insert("entropy".into(), avg(|s| s.entropy));
         m.insert("grad_norm".into(), avg(|s| s.grad_norm));
         m.insert("lr".into(), done.last().map_or(f64::NAN, |s| s.lr));

@@ -67,6 +67,9 @@ pub struct RlOptions {
     pub loss: PolicyLoss,
     /// Optimizer updates per step.
     pub mini_batches: usize,
+    /// Rollouts per forward/backward (gradient accumulation within a mini-batch); 0 = the
+    /// whole mini-batch at once.
+    pub micro_batch_size: usize,
     /// DAPO dynamic sampling (drop groups of constant accuracy).
     pub dynamic_sampling: bool,
     /// DAPO overlong shaping.
@@ -173,6 +176,7 @@ impl RlOptions {
             max_grad_norm: cfg.max_grad_norm,
             loss,
             mini_batches: cfg.mini_batches,
+            micro_batch_size: cfg.micro_batch_size,
             dynamic_sampling,
             overlong,
             multi_reward: MultiRewardOptions::paper(),

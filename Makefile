@@ -10,8 +10,7 @@ CARGO = LIBTORCH="$(LIBTORCH_DIR)" cargo
 demo: release
 	./target/release/prism doctor
 	./target/release/prism run configs/quickstart.toml
-	@echo "make demo: ran data synthesis, SFT and evaluation. Discriminator warm-up, PRISM"
-	@echo "alignment and RLVR are not built yet, so there is no PRISM-vs-baseline table yet."
+	@echo "make demo: results table runs/quickstart/results.md, plots runs/quickstart/plots/"
 
 # test also installs the pinned `openai` client (tests/serve_openai_python.rs) into the torch
 # venv: small, unlike the rest of tests/fixtures/requirements.txt, which only `make fixtures` needs.

@@ -191,6 +191,40 @@ impl<E: ?Sized + 'static> ComputeThread<E> {
     }
 }
 
+/// Starts actor `name`'s compute thread and builds its engine there with `factory` on `device`
+/// (the start-up every compute actor shares); the error names the actor.
+pub async fn start_engine<E: ?Sized + 'static>(
+    name: &str,
+    factory: std::sync::Arc<
+        dyn Fn(super::config::DeviceSpec) -> EngineResult<Box<E>> + Send + Sync,
+    >,
+    device: super::config::DeviceSpec,
+    meter: BusyMeter,
+) -> Result<ComputeThread<E>, String> {
+    ComputeThread::start(name, move || factory(device), meter)
+        .await
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// After a restart: puts the newest snapshot published on `weights` back into the engine with
+/// `restore` and returns its version; `None` when nothing was published yet (first start).
+pub async fn restore_latest<E: ?Sized + 'static>(
+    compute: &ComputeThread<E>,
+    name: &str,
+    weights: &super::weights::WeightsBus,
+    restore: fn(&mut E, &super::messages::WeightsSnapshot) -> EngineResult<()>,
+) -> Result<Option<u64>, String> {
+    let Some(snap) = weights.latest() else {
+        return Ok(None);
+    };
+    let v = snap.version;
+    compute
+        .run(move |e| restore(e, &snap))
+        .await
+        .map_err(|e| format!("{name}: restore v{v}: {e}"))?;
+    Ok(Some(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

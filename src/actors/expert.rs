@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::compute::{BusyMeter, ComputeThread};
+use super::compute::{BusyMeter, ComputeThread, restore_latest, start_engine};
 use super::config::DeviceSpec;
 use super::engine::{ScorerEngine, ScorerFactory};
 use super::faults::FaultInjector;
@@ -74,22 +74,10 @@ impl Actor for ExpertActor {
         _myself: ActorRef<Self::Msg>,
         a: ExpertArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (factory, device) = (a.factory, a.device);
-        let compute: ComputeThread<dyn ScorerEngine> =
-            ComputeThread::start(&a.name, move || factory(device), a.meter)
-                .await
-                .map_err(|e| format!("{}: {e}", a.name))?;
-        let version = match a.weights.latest() {
-            Some(snap) => {
-                let v = snap.version;
-                compute
-                    .run(move |e| e.restore(&snap))
-                    .await
-                    .map_err(|e| format!("{}: restore v{v}: {e}", a.name))?;
-                v
-            }
-            None => 0,
-        };
+        let compute = start_engine(&a.name, a.factory, a.device, a.meter).await?;
+        let version = restore_latest(&compute, &a.name, &a.weights, |e, s| e.restore(s))
+            .await?
+            .unwrap_or(0);
         Ok(ExpertState {
             name: a.name,
             stage: a.stage,

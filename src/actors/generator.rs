@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::compute::{BusyMeter, ComputeThread};
+use super::compute::{BusyMeter, ComputeThread, start_engine};
 use super::config::DeviceSpec;
 use super::engine::{PolicyEngine, PolicyFactory};
 use super::faults::FaultInjector;
@@ -69,10 +69,7 @@ impl Actor for GeneratorActor {
         _myself: ActorRef<Self::Msg>,
         a: GeneratorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (factory, device) = (a.factory, a.device);
-        let compute = ComputeThread::start(&a.name, move || factory(device), a.meter.clone())
-            .await
-            .map_err(|e| format!("{}: {e}", a.name))?;
+        let compute = start_engine(&a.name, a.factory, a.device, a.meter.clone()).await?;
         Ok(GeneratorState {
             labels: a.meter.labels(),
             name: a.name,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::compute::{BusyMeter, ComputeThread};
+use super::compute::{BusyMeter, ComputeThread, restore_latest, start_engine};
 use super::config::DeviceSpec;
 use super::engine::{LearnerEngine, LearnerFactory};
 use super::faults::FaultInjector;
@@ -70,31 +70,21 @@ impl Actor for LearnerActor {
         _myself: ActorRef<Self::Msg>,
         a: LearnerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (factory, device) = (a.factory, a.device);
-        let compute: ComputeThread<dyn LearnerEngine> =
-            ComputeThread::start(&a.name, move || factory(device), a.meter)
-                .await
-                .map_err(|e| format!("{}: {e}", a.name))?;
-        let version = match a.weights.latest() {
-            // Restart: put back the last published state.
-            Some(snap) => {
-                let v = snap.version;
-                compute
-                    .run(move |e| e.restore(&snap))
-                    .await
-                    .map_err(|e| format!("{}: restore v{v}: {e}", a.name))?;
-                v
-            }
-            None => {
-                let v = a.initial_version;
-                let snap = compute
-                    .run(move |e| e.snapshot(v))
-                    .await
-                    .map_err(|e| format!("{}: snapshot v{v}: {e}", a.name))?;
-                a.weights.publish(Arc::new(snap));
-                v
-            }
-        };
+        let compute = start_engine(&a.name, a.factory, a.device, a.meter).await?;
+        // Restart: put back the last published state.
+        let version =
+            match restore_latest(&compute, &a.name, &a.weights, |e, s| e.restore(s)).await? {
+                Some(v) => v,
+                None => {
+                    let v = a.initial_version;
+                    let snap = compute
+                        .run(move |e| e.snapshot(v))
+                        .await
+                        .map_err(|e| format!("{}: snapshot v{v}: {e}", a.name))?;
+                    a.weights.publish(Arc::new(snap));
+                    v
+                }
+            };
         Ok(LearnerState {
             name: a.name,
             stage: a.stage,

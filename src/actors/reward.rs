@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::compute::{BusyMeter, ComputeThread};
+use super::compute::{BusyMeter, ComputeThread, start_engine};
 use super::config::DeviceSpec;
 use super::engine::{RewardEngine, RewardFactory};
 use super::faults::FaultInjector;
@@ -50,11 +50,7 @@ impl Actor for RewardActor {
         _myself: ActorRef<Self::Msg>,
         a: RewardArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (factory, device) = (a.factory, a.device);
-        let compute: ComputeThread<dyn RewardEngine> =
-            ComputeThread::start(&a.name, move || factory(device), a.meter)
-                .await
-                .map_err(|e| format!("{}: {e}", a.name))?;
+        let compute = start_engine(&a.name, a.factory, a.device, a.meter).await?;
         Ok(RewardState {
             name: a.name,
             stage: a.stage,

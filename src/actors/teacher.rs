@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
 
-use super::compute::{BusyMeter, ComputeThread};
+use super::compute::{BusyMeter, ComputeThread, start_engine};
 use super::config::DeviceSpec;
 use super::engine::{DemoOutcome, TeacherBackend, TeacherFactory};
 use super::faults::FaultInjector;
@@ -79,11 +79,7 @@ impl Actor for TeacherActor {
         _myself: ActorRef<Self::Msg>,
         a: TeacherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (factory, device) = (a.factory, a.device);
-        let compute: ComputeThread<dyn TeacherBackend> =
-            ComputeThread::start(&a.name, move || factory(device), a.meter)
-                .await
-                .map_err(|e| format!("{}: {e}", a.name))?;
+        let compute = start_engine(&a.name, a.factory, a.device, a.meter).await?;
         Ok(TeacherState {
             name: a.name,
             stage: a.stage,

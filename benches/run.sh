@@ -37,4 +37,8 @@ run torch_reference_tiny "$py" benches/torch_reference.py --model-dir "$tiny" --
 for attn in eager sdpa; do
   run "generate_$attn" env PRISM_BENCH_ATTN=$attn cargo bench --quiet --bench generate -- "$tiny" "$big"
 done
+# SFT training throughput: prism's SFT step (benches/sft.rs) against a PyTorch eager loop with
+# transformers + torch.optim.AdamW (benches/sft_reference.py) on the same batch (written by the Rust
+# side), threads and settings, on the 142M model; prints a Markdown table.
+run sft_prism cargo bench --quiet --bench sft -- "$big" --batch-dir "$out" && run sft "$py" benches/sft_reference.py --model-dir "$big" --prism-json "$out/sft_prism.txt"
 echo "results in $out/"

@@ -9,12 +9,16 @@
 //!    token) equal transformers' within 1e-4 in fp32, and the router picks the same experts at
 //!    every valid token of every layer, with both attention paths;
 //! 2. `prism upcycle` run today with the recorded arguments writes exactly the committed tensors,
-//!    config and side files, so (1) covers what the command produces now.
+//!    config and side files, so (1) covers what the command produces now;
+//! 3. the committed checkpoint really is the dense fixture upcycled (copies exact, experts = dense
+//!    MLP + noise of std 0.01, router std 0.02), and with zero noise an upcycled model gives
+//!    transformers' *dense* logits (tests/fixtures/qwen3_vl/reference.safetensors).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use prism::models::upcycle::{UpcycleOptions, upcycle};
 use prism::models::weights::Checkpoint;
 use prism::models::{AttnImpl, ModelInputs, Qwen3Vl, values_at_last_token};
 use tch::{Device, Kind, Tensor};
@@ -273,5 +277,104 @@ fn prism_upcycle_still_writes_the_committed_checkpoint() {
             "{n}: not bit-identical (max |Δ| = {:e}); {REGENERATE}",
             max_diff(&a.to_kind(Kind::Double), &b.to_kind(Kind::Double))
         );
+    }
+}
+
+fn dense_dir() -> PathBuf {
+    root().join("tests/fixtures/qwen3_vl/tiny-qwen3-vl")
+}
+
+/// Std of all elements of `t`.
+fn std(t: &Tensor) -> f64 {
+    f64::try_from(t.to_kind(Kind::Double).std(true)).unwrap()
+}
+
+#[test]
+fn committed_checkpoint_is_the_dense_fixture_upcycled() {
+    let dense = Checkpoint::open(&dense_dir()).unwrap();
+    let moe = Checkpoint::open(&checkpoint_dir()).unwrap();
+    let mut experts = 0;
+    for name in dense.names() {
+        let d = dense.tensor(name).unwrap();
+        if let Some(prefix) = name.strip_suffix("mlp.gate_proj.weight") {
+            // Hub layout: gate_up [E, D, 2I] = [W_gate; W_up]ᵀ + noise, down [E, I, D] = W_downᵀ + noise.
+            let up = dense
+                .tensor(&format!("{prefix}mlp.up_proj.weight"))
+                .unwrap();
+            let down = dense
+                .tensor(&format!("{prefix}mlp.down_proj.weight"))
+                .unwrap();
+            let gate_up = Tensor::cat(&[&d, &up], 0).transpose(0, 1); // (D, 2I)
+            let gu = moe
+                .tensor(&format!("{prefix}mlp.experts.gate_up_proj"))
+                .unwrap();
+            let dp = moe
+                .tensor(&format!("{prefix}mlp.experts.down_proj"))
+                .unwrap();
+            assert_eq!(gu.size()[0], 4, "{prefix}: experts");
+            let (n1, n2) = (
+                &gu - gate_up.unsqueeze(0),
+                &dp - down.transpose(0, 1).unsqueeze(0),
+            );
+            for (what, noise) in [("gate_up", n1), ("down", n2)] {
+                let s = std(&noise);
+                assert!((s - 0.01).abs() < 0.001, "{prefix}{what}: noise std {s}");
+            }
+            // Every expert has its own noise.
+            assert!(
+                !gu.get(0).equal(&gu.get(1)),
+                "{prefix}: experts 0 and 1 equal"
+            );
+            let router = moe.tensor(&format!("{prefix}mlp.gate.weight")).unwrap();
+            assert_eq!(router.size(), [4, 64]);
+            let s = std(&router);
+            assert!((s - 0.02).abs() < 0.003, "{prefix}: router std {s}");
+            experts += 1;
+        } else if name.contains("mlp.up_proj") || name.contains("mlp.down_proj") {
+            continue;
+        } else {
+            let m = moe.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(m.equal(&d), "{name}: not copied exactly");
+        }
+    }
+    assert_eq!(experts, 3, "every decoder layer is upcycled");
+    let s = std(&moe.tensor("score.weight").unwrap());
+    assert!((s - 0.02).abs() < 0.006, "score.weight std {s}");
+}
+
+#[test]
+fn zero_noise_upcycle_gives_transformers_dense_logits() {
+    // Every expert equal to the dense MLP and renormalised top-k weights summing to 1: the MoE
+    // computes the dense function, whatever the router picks.
+    let reference =
+        Checkpoint::open(&root().join("tests/fixtures/qwen3_vl/reference.safetensors")).unwrap();
+    let get = |n: &str| reference.tensor(n).unwrap_or_else(|e| panic!("{n}: {e}"));
+    let dense = Qwen3Vl::load(&dense_dir(), Device::Cpu, Kind::Float).unwrap();
+    let opts = UpcycleOptions {
+        noise_std: 0.0,
+        seed: 3,
+        ..UpcycleOptions::default()
+    };
+    let (moe, report) = upcycle(&dense, &opts).unwrap();
+    assert_eq!(report.upcycled_layers, 3);
+    assert!(report.skipped.is_empty(), "skipped {:?}", report.skipped);
+    let _g = tch::no_grad_guard();
+    for case in CASES {
+        let mut i = ModelInputs::text(
+            get(&format!("{case}.input_ids")),
+            get(&format!("{case}.attention_mask")),
+        );
+        if reference.contains(&format!("{case}.pixel_values")) {
+            i = i.with_images(
+                get(&format!("{case}.pixel_values")),
+                get(&format!("{case}.image_grid_thw")),
+            );
+        }
+        let logits = moe.forward(&i, None).unwrap();
+        let want = get(&format!("dense.{case}.logits"));
+        let mask = i.attention_mask.unsqueeze(-1).to_kind(Kind::Float);
+        let d = f64::try_from(((&logits - &want).abs() * mask).max()).unwrap();
+        println!("{case}: zero-noise upcycle vs transformers dense, max |Δlogits| = {d:.3e}");
+        assert!(d < TOL, "{case}: max |Δlogits| = {d}");
     }
 }

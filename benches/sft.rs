@@ -34,13 +34,12 @@ use tch::{Device, Kind, Tensor};
 const GRID: [i64; 3] = [1, 16, 16];
 const SEED: i64 = 20;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a positive integer")),
-        Err(_) => default,
-    }
+/// `name` from the environment parsed as `T`, else `default`.
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} cannot be parsed"))
+    })
 }
 
 fn batch_sizes() -> Vec<usize> {
@@ -191,14 +190,14 @@ fn main() {
     let batch_dir = batch_dir
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results"));
     std::fs::create_dir_all(&batch_dir).unwrap_or_else(|e| panic!("{}: {e}", batch_dir.display()));
-    let threads = env_usize("PRISM_BENCH_THREADS", 2);
-    let seq = env_usize("PRISM_BENCH_SFT_SEQ", 256) as i64;
-    let warmup = env_usize("PRISM_BENCH_SFT_WARMUP", 2);
-    let steps = env_usize("PRISM_BENCH_SFT_STEPS", 3).max(1);
-    let attn = match std::env::var("PRISM_BENCH_ATTN").as_deref() {
-        Ok("eager") => AttnImpl::Eager,
-        Ok("sdpa") | Err(_) => AttnImpl::Sdpa,
-        Ok(other) => panic!("PRISM_BENCH_ATTN={other:?}: use sdpa or eager"),
+    let threads: usize = env("PRISM_BENCH_THREADS", 2);
+    let seq: i64 = env("PRISM_BENCH_SFT_SEQ", 256);
+    let warmup: usize = env("PRISM_BENCH_SFT_WARMUP", 2);
+    let steps = env::<usize>("PRISM_BENCH_SFT_STEPS", 3).max(1);
+    let attn = match env("PRISM_BENCH_ATTN", String::from("sdpa")).as_str() {
+        "sdpa" => AttnImpl::Sdpa, // the SFT stage's default
+        "eager" => AttnImpl::Eager,
+        other => panic!("PRISM_BENCH_ATTN={other:?}: use sdpa or eager"),
     };
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(threads as i32);

@@ -9,7 +9,9 @@
 //!    token) equal transformers' within 1e-4 in fp32, and the router picks the same experts at
 //!    every valid token of every layer, with both attention paths;
 //! 2. `prism upcycle` run today with the recorded arguments writes exactly the committed tensors,
-//!    config and side files, so (1) covers what the command produces now;
+//!    config and side files, so (1) covers what the command produces now (bit-identical; only
+//!    where libtorch falls back to its scalar normal sampler may the expert noise differ by an
+//!    ulp, see [`vectorised_sampler`]);
 //! 3. the committed checkpoint really is the dense fixture upcycled (copies exact, experts = dense
 //!    MLP + noise of std 0.01, router std 0.02), and with zero noise an upcycled model gives
 //!    transformers' *dense* logits (tests/fixtures/qwen3_vl/reference.safetensors).
@@ -268,16 +270,36 @@ fn prism_upcycle_still_writes_the_committed_checkpoint() {
     let names: BTreeSet<&str> = want.names().collect();
     assert_eq!(got.names().collect::<BTreeSet<_>>(), names, "tensor names");
     assert!(names.contains("score.weight") && names.contains("score.bias"));
+    let exact_noise = vectorised_sampler();
     for n in names {
         let (a, b) = (got.tensor(n).unwrap(), want.tensor(n).unwrap());
         assert_eq!(a.kind(), b.kind(), "{n}: dtype");
         assert_eq!(a.size(), b.size(), "{n}: shape");
+        if a.equal(&b) {
+            continue;
+        }
+        let d = max_diff(&a.to_kind(Kind::Double), &b.to_kind(Kind::Double));
+        let expert_noise = n.contains("mlp.experts.");
         assert!(
-            a.equal(&b),
-            "{n}: not bit-identical (max |Δ| = {:e}); {REGENERATE}",
-            max_diff(&a.to_kind(Kind::Double), &b.to_kind(Kind::Double))
+            expert_noise && !exact_noise && d <= 1.2e-7,
+            "{n}: not bit-identical (max |Δ| = {d:e}); {REGENERATE}"
         );
     }
+}
+
+/// Whether libtorch draws the expert noise with its vectorised (AVX2 / AVX-512) normal sampler,
+/// the one the fixture was written with. Its scalar fallback (other architectures, or
+/// `ATEN_CPU_CAPABILITY=default`) rounds differently: measured here, 3e-8 at most, in about 13%
+/// of the expert elements. Everything else comes from prism's own host RNG or is a copy, and
+/// must always be bit-identical.
+fn vectorised_sampler() -> bool {
+    if std::env::var("ATEN_CPU_CAPABILITY").is_ok_and(|c| c == "default") {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 fn dense_dir() -> PathBuf {

@@ -11,7 +11,8 @@
 //! vision_start / vision_end) and random text, then random "assistant" tokens over the second
 //! half of the row, which carry the labels. Tokens/s counts every (non-pad) token, as the SFT
 //! stage's `tokens_per_s` metric does; `tokens_per_s` uses the median timed step (other
-//! processes on a shared machine inflate single steps), `best_tokens_per_s` the fastest.
+//! processes on a shared machine inflate single steps), `best_tokens_per_s` the fastest;
+//! `phase_median_seconds` splits a step into forward + loss, backward, clip and AdamW.
 //!
 //! Run: `cargo bench --bench sft -- MODEL_DIR [--batch-dir DIR]` (default: the 142M model that
 //! `benches/torch_reference.py` builds in the bench cache, and `target/bench-results`).
@@ -33,6 +34,8 @@ use tch::{Device, Kind, Tensor};
 /// Image grid `(t, h, w)` in patches; `h·w / merge²` image tokens per row.
 const GRID: [i64; 3] = [1, 16, 16];
 const SEED: i64 = 20;
+/// The parts of a step timed separately (libtorch CPU ops are synchronous).
+const PHASES: [&str; 4] = ["forward_loss", "backward", "clip", "adamw"];
 
 /// `name` from the environment parsed as `T`, else `default`.
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -118,6 +121,8 @@ fn synthetic_batch(c: &Qwen3VlConfig, b: i64, s: i64) -> (SftBatch, Vec<(String,
 struct Timing {
     params: i64,
     step_seconds: Vec<f64>,
+    /// Per timed step, seconds of each of [`PHASES`].
+    phase_seconds: Vec<[f64; 4]>,
     first_loss: f64,
     first_grad_norm: f64,
 }
@@ -139,6 +144,7 @@ fn time_steps(
             .expect("optimizer");
     let params = opt.params();
     let mut step_seconds = Vec::with_capacity(steps);
+    let mut phase_seconds = Vec::with_capacity(steps);
     let (mut first_loss, mut first_grad_norm) = (f64::NAN, f64::NAN);
     for i in 0..warmup + steps {
         let t0 = Instant::now();
@@ -147,23 +153,30 @@ fn time_steps(
         let loss = summed_token_loss(&logits, &batch.labels).expect("loss")
             / (batch.num_labels.max(1) as f64);
         let loss_value = loss.double_value(&[]);
+        let t1 = Instant::now();
         loss.backward();
+        let t2 = Instant::now();
         let norm = clip_grad_norm(&params, cfg.max_grad_norm).expect("clip");
-        if is_finite(&norm).expect("norm") {
+        let finite = is_finite(&norm).expect("norm");
+        let t3 = Instant::now();
+        if finite {
             opt.step(cfg.lr).expect("adamw");
         }
         opt.zero_grad();
         let secs = t0.elapsed().as_secs_f64();
+        let phases = [t1 - t0, t2 - t1, t3 - t2, t3.elapsed()].map(|d| d.as_secs_f64());
         if i == 0 {
             (first_loss, first_grad_norm) = (loss_value, norm.double_value(&[]));
         }
         if i >= warmup {
             step_seconds.push(secs);
+            phase_seconds.push(phases);
         }
     }
     Timing {
         params: model.num_parameters(),
         step_seconds,
+        phase_seconds,
         first_loss,
         first_grad_norm,
     }
@@ -216,9 +229,19 @@ fn main() {
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let t = time_steps(&model_dir, &cfg, attn, &batch, warmup, steps);
         params = t.params;
-        let mut sorted = t.step_seconds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
+        let median = |mut xs: Vec<f64>| {
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2] // the upper median
+        };
+        let best = t.step_seconds.iter().copied().fold(f64::INFINITY, f64::min);
+        let phases: serde_json::Map<String, serde_json::Value> = PHASES
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let xs = t.phase_seconds.iter().map(|p| p[k]).collect();
+                (name.to_string(), serde_json::json!(median(xs)))
+            })
+            .collect();
         results.push(serde_json::json!({
             "batch": b,
             "seq": seq,
@@ -226,8 +249,9 @@ fn main() {
             "label_tokens": batch.num_labels,
             "batch_file": file.display().to_string(),
             "step_seconds": t.step_seconds,
-            "tokens_per_s": batch.num_tokens as f64 / median,
-            "best_tokens_per_s": batch.num_tokens as f64 / sorted[0],
+            "tokens_per_s": batch.num_tokens as f64 / median(t.step_seconds.clone()),
+            "best_tokens_per_s": batch.num_tokens as f64 / best,
+            "phase_median_seconds": phases,
             "first_loss": t.first_loss,
             "first_grad_norm": t.first_grad_norm,
         }));

@@ -29,6 +29,9 @@ import time
 import torch
 
 
+PHASES = ["forward_loss", "backward", "clip", "adamw"]
+
+
 def read_prism(path):
     """The last JSON line with an "sft" key in `path`."""
     found = None
@@ -82,7 +85,7 @@ def time_steps(args, batch_file, settings):
     inputs, labels = load_batch(batch_file, model.config.image_token_id)
     b, s = labels.shape
     n_labels = int((labels[:, 1:] != -100).sum())
-    step_seconds, first = [], None
+    step_seconds, phase_seconds, first = [], [], None
     for i in range(settings["warmup"] + settings["steps"]):
         t0 = time.perf_counter()
         logits = model(**inputs).logits  # (B, S, V)
@@ -91,17 +94,25 @@ def time_steps(args, batch_file, settings):
             logits[:, :-1].float().reshape(-1, v), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
         ) / max(n_labels, 1)
         loss_value = loss.item()
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         norm = torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
-        if torch.isfinite(norm):
+        finite = bool(torch.isfinite(norm))
+        t3 = time.perf_counter()
+        if finite:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        secs = time.perf_counter() - t0
+        t4 = time.perf_counter()
+        secs = t4 - t0
         if i == 0:
             first = (loss_value, norm.item())
         if i >= settings["warmup"]:
             step_seconds.append(secs)
-    median = sorted(step_seconds)[len(step_seconds) // 2]  # as prism: the upper median
+            phase_seconds.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]  # as prism: the upper median
+
     tokens = int(inputs["attention_mask"].sum())
     return {
         "batch": b,
@@ -110,8 +121,9 @@ def time_steps(args, batch_file, settings):
         "label_tokens": n_labels,
         "batch_file": batch_file,
         "step_seconds": step_seconds,
-        "tokens_per_s": tokens / median,
+        "tokens_per_s": tokens / median(step_seconds),
         "best_tokens_per_s": tokens / min(step_seconds),
+        "phase_median_seconds": {name: median([p[k] for p in phase_seconds]) for k, name in enumerate(PHASES)},
         "first_loss": first[0],
         "first_grad_norm": first[1],
     }, sum(p.numel() for p in model.parameters())
@@ -127,6 +139,17 @@ def table(prism, torch_result):
             f"| {p['batch']} × {p['seq']} | {p['tokens_per_s']:.1f} | {t['tokens_per_s']:.1f} | "
             f"{p['tokens_per_s'] / t['tokens_per_s']:.2f} | {p['first_loss']:.5f} / {t['first_loss']:.5f} |"
         )
+    rows += [
+        "",
+        "Median seconds per part of a step (prism / PyTorch):",
+        "",
+        "| batch × seq | " + " | ".join(PHASES) + " |",
+        "|---|" + "---|" * len(PHASES),
+    ]
+    for p, t in zip(prism["sft"], torch_result["sft"]):
+        pp, tp = p.get("phase_median_seconds", {}), t["phase_median_seconds"]
+        cells = [f"{pp.get(n, float('nan')):.2f} / {tp[n]:.2f}" for n in PHASES]
+        rows.append(f"| {p['batch']} × {p['seq']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -39,4 +39,8 @@ for attn in eager sdpa; do
 done
 # prism serve over HTTP on the tiny fixture (CPU): requests/s and tokens/s at concurrency 1, 8, 32.
 run serve cargo bench --quiet --bench serve -- "$tiny"
+# SFT training throughput: prism's SFT step (benches/sft.rs) against a PyTorch eager loop with
+# transformers + torch.optim.AdamW (benches/sft_reference.py) on the same batch (written by the Rust
+# side), threads and settings, on the 142M model; prints a Markdown table.
+run sft_prism cargo bench --quiet --bench sft -- "$big" --batch-dir "$out" && run sft "$py" benches/sft_reference.py --model-dir "$big" --prism-json "$out/sft_prism.txt"
 echo "results in $out/"

@@ -55,6 +55,18 @@ async fn alignment_steps_flow_through_every_actor() {
         .filter(|s| s.perception.is_some())
         .count();
     assert!(updated >= 1, "{:?}", report.steps);
+    // the record each step hands to the hook already carries that step's expert update (which
+    // runs beside the learner's), as the final report does
+    let told = hook.steps.lock().unwrap().clone();
+    assert_eq!(told.len(), 3);
+    for (r, fin) in told.iter().zip(&report.steps) {
+        assert_eq!(
+            (r.perception.is_some(), r.reasoning.is_some()),
+            (fin.perception.is_some(), fin.reasoning.is_some()),
+            "step {} recorded without its expert update: {r:?}",
+            r.step
+        );
+    }
     let ckpts = hook.seen.lock().unwrap();
     assert_eq!(ckpts.len(), 1);
     assert_eq!(ckpts[0].reason, CheckpointReason::Finished);

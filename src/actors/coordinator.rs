@@ -215,6 +215,9 @@ struct Pipe {
     ledger: Mutex<Ledger>,
     /// Told about every step; may ask for periodic checkpoints.
     hook: Arc<dyn CheckpointHook>,
+    /// Alignment: number of steps whose expert (Bradley–Terry) update has finished, so the
+    /// learning phase can put the experts' stats of step `s` into step `s`'s record.
+    bt_done: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -399,6 +402,7 @@ pub async fn run_stage(
         started: Instant::now(),
         ledger: Mutex::new(Ledger::default()),
         hook: hook.clone(),
+        bt_done: tokio::sync::watch::Sender::new(0),
         spec,
     });
     tracing::info!(
@@ -902,10 +906,13 @@ async fn bt_update(
     if b.is_some() {
         versions.1 += 1;
     }
-    let mut l = lock(&p.ledger);
-    let rec = l.records.entry(step).or_default();
-    rec.perception = a.map(|r| r.stats);
-    rec.reasoning = b.map(|r| r.stats);
+    {
+        let mut l = lock(&p.ledger);
+        let rec = l.records.entry(step).or_default();
+        rec.perception = a.map(|r| r.stats);
+        rec.reasoning = b.map(|r| r.stats);
+    }
+    p.bt_done.send_modify(|n| *n = (*n).max(step + 1));
     Ok(())
 }
 
@@ -980,6 +987,21 @@ async fn learning_phase(
         })
         .await?;
         let learn_secs = t0.elapsed().as_secs_f64();
+        if p.spec.kind == StageKind::Align {
+            // the experts' update of this step runs beside the learner's: wait for it (within
+            // its own deadline) so the step's record carries the experts' stats
+            let bt_deadline = config::secs(p.ctx.cfg.deadlines.bt_step_secs);
+            let mut done = p.bt_done.subscribe();
+            tokio::select! {
+                r = tokio::time::timeout(bt_deadline, done.wait_for(|n| *n > step)) => {
+                    if r.is_err() {
+                        tracing::warn!(stage = %stage, step, "expert update not done by its deadline: step recorded without it");
+                    }
+                }
+                // a failed phase aborts the run: stop waiting
+                _ = p.ctx.abort.cancelled() => return Ok(()),
+            }
+        }
         let n = sb.batch.samples.len();
         // the ledger lock is a std mutex: scoped so that it is never held across an await
         let (record, steps_done) = {

@@ -48,16 +48,22 @@ pub fn fault(actor: &str, mode: prism::actors::FaultMode, after: u64, max: u64) 
     }
 }
 
-/// Records every checkpoint it is given.
+/// Records every checkpoint and every step record it is given.
 #[derive(Default)]
 pub struct Recorder {
     pub seen: Mutex<Vec<StageCheckpoint>>,
+    pub steps: Mutex<Vec<prism::actors::coordinator::StepRecord>>,
 }
 
 impl CheckpointHook for Recorder {
     fn checkpoint(&self, c: &StageCheckpoint) -> Result<(), String> {
         self.seen.lock().unwrap().push(c.clone());
         Ok(())
+    }
+
+    fn after_step(&self, r: &prism::actors::coordinator::StepRecord) -> Result<bool, String> {
+        self.steps.lock().unwrap().push(r.clone());
+        Ok(false)
     }
 }
 

@@ -139,8 +139,12 @@ fn teacher_factory(
                     })?,
                 );
             let file = store.file().to_path_buf();
-            // checked once here, so a missing demonstration is a setup error, not a restart loop
-            DatasetTeacher::from_rl_records(&records, &uids, &file, tokenizer.clone()).map_err(
+            // checked once here, over the store's rows (indexed by parquet row, so the error
+            // names the row even when too-long prompts are left out of `items`), so a missing
+            // demonstration is a setup error, not a restart loop
+            let rows: Vec<_> = store.entries().iter().map(|e| e.record.clone()).collect();
+            let row_uids: Vec<u64> = store.entries().iter().map(|e| e.row as u64).collect();
+            DatasetTeacher::from_rl_records(&rows, &row_uids, &file, tokenizer.clone()).map_err(
                 |message| StageError::Invalid {
                     stage: "align".into(),
                     message,

@@ -227,11 +227,18 @@ impl RlCheckpointHook {
             ("perception", &ckpt.perception),
             ("reasoning", &ckpt.reasoning),
         ] {
+            let path = tmp.join(format!("{name}.safetensors"));
             if let Some(s) = snap {
                 let t = snapshot_tensors(s, |n| Some(n.to_string()))?;
-                let path = tmp.join(format!("{name}.safetensors"));
                 Tensor::write_safetensors(&t, &path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
+            } else if self.offset > 0 {
+                // resumed, and the expert has not stepped since: its state is still the one it
+                // was restored from (the resumed checkpoint's file), which must not be lost
+                let from = self.weights_dir.join(format!("{name}.safetensors"));
+                if from.is_file() {
+                    std::fs::copy(&from, &path).map_err(|e| io(&from, e))?;
+                }
             }
         }
         let skipped = snapshot_tensors(policy, |n| (n == SKIPPED_KEY).then(|| n.to_string()))?

@@ -79,7 +79,7 @@ pub const SERVE_REQUEST_SECONDS: &str = "prism_serve_request_seconds";
 /// same stage). Names follow PRISM_ALGORITHM.md §4.2 and §5.
 pub const TRAIN_LOSS: &str = "prism_train_loss";
 pub const POLICY_LOSS: &str = "prism_policy_loss";
-pub const D_LOSS: &str = "prism_d_loss";
+pub const D_LOSS: &str = "prism_discriminator_loss";
 pub const CAP_ACC: &str = "prism_cap_acc_ratio";
 pub const COT_ACC: &str = "prism_cot_acc_ratio";
 pub const REWARD_MEAN: &str = "prism_reward_mean";

@@ -885,12 +885,11 @@ fn grpo_from_an_sfted_policy_raises_the_mean_reward() {
     run_rlvr(&cfg, &rl_ctx, &sfted, &ActorsConfig::default()).unwrap();
     let log = std::fs::read_to_string(rl_ctx.run_dir.join("metrics.jsonl")).unwrap();
     let series = |key: &str| -> Vec<f64> {
+        // the run's log also holds the SFT stage's records
         log.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["metrics"][key]
-                    .as_f64()
-                    .unwrap()
-            })
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["stage"] == "rl")
+            .map(|r| r["metrics"][key].as_f64().unwrap())
             .collect()
     };
     let (rewards, valid) = (series("reward_mean"), series("format_valid_rate"));

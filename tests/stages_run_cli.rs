@@ -69,20 +69,20 @@ fn prism_run_sft_tiny_writes_a_loadable_checkpoint_and_metrics() {
 }
 
 #[test]
-fn prism_run_rejects_an_unbuilt_stage_naming_it() {
+fn prism_run_rejects_an_unknown_stage_kind_naming_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let res = Command::new(env!("CARGO_BIN_EXE_prism"))
         .current_dir(root)
         .args(["run", "configs/sft-tiny.toml", "--out"])
         .arg(tmp.path())
-        .args(["--set", "stages.0.kind=rlvr"])
+        .args(["--set", "stages.0.kind=dpo"])
         .output()
         .unwrap();
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(
-        err.contains("sft-tiny.toml") && err.contains("rlvr") && err.contains("not built yet"),
+        err.contains("sft-tiny.toml") && err.contains("dpo"),
         "{err}"
     );
     // nothing was written for a rejected config

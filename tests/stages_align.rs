@@ -117,18 +117,8 @@ kind = "sft"
 
 fn ctx_in(s: &Setup, run: &str, name: &str, seed: u64) -> StageContext {
     StageContext {
-        run_dir: s.root.join(run),
-        name: name.to_string(),
-        arm: "prism".into(),
-        device: Device::Cpu,
-        kind: Kind::Float,
-        seed,
-        train_file: Some(s.data.train.clone()),
         eval_file: None,
-        rl_train_file: s.data.rl_train.clone(),
-        rl_eval_file: s.data.rl_eval.clone(),
-        warmup_file: s.data.warmup.clone(),
-        experts: None,
+        ..StageContext::new(s.root.join(run), name, &s.data, seed)
     }
 }
 

@@ -4,7 +4,9 @@
 //! defined behaviour of degenerate batches, exact resume, config presets, and a reward trend
 //! from an SFT'd tiny policy.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use prism::actors::ActorsConfig;
@@ -19,7 +21,6 @@ use prism::algo::advantage::{
 use prism::config::{RlAlgorithm, RlvrConfig, RunConfig, SftConfig};
 use prism::models::Qwen3Vl;
 use prism::models::processor::Processor;
-use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
 use prism::stages::prompts::PromptStore;
 use prism::stages::rl::learner::{batch_advantages, batch_rewards, length_mask};
 use prism::stages::rl::{
@@ -30,18 +31,11 @@ use prism::stages::{StageContext, StageError};
 use tch::{Device, Kind, Tensor};
 
 /// Synthetic data and a tiny random policy, built once per test binary.
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PreparedData,
-    init: PathBuf,
-}
+type Setup = common::TinySetup;
 
 fn setup() -> &'static Setup {
     static S: OnceLock<Setup> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
         let text = r#"
 [data.synth]
 train = 64
@@ -55,40 +49,13 @@ image_max_pixels = 4096
 [[stages]]
 kind = "sft"
 "#;
-        let cfg = RunConfig::from_toml_str(text, Path::new("setup.toml"), &[]).unwrap();
-        let data = prepare_data(&cfg, &root).unwrap();
-        let init = build_tiny_policy(
-            cfg.policy.tiny.as_ref().unwrap(),
-            &data,
-            &root.join("init"),
-            0,
-        )
-        .unwrap();
-        Setup {
-            _dir: dir,
-            root,
-            data,
-            init,
-        }
+        common::tiny_setup(text, "init")
     })
 }
 
 fn ctx(run: &str, name: &str) -> StageContext {
     let s = setup();
-    StageContext {
-        run_dir: s.root.join(run),
-        name: name.to_string(),
-        arm: "prism".into(),
-        device: Device::Cpu,
-        kind: Kind::Float,
-        seed: 3,
-        train_file: Some(s.data.train.clone()),
-        eval_file: s.data.eval.clone(),
-        rl_train_file: s.data.rl_train.clone(),
-        rl_eval_file: s.data.rl_eval.clone(),
-        warmup_file: s.data.warmup.clone(),
-        experts: None,
-    }
+    StageContext::new(s.root.join(run), name, &s.data, 3)
 }
 
 fn store(policy: &Path, limit: usize) -> (Arc<PromptStore>, Vec<PromptItem>) {

@@ -1,16 +1,17 @@
 //! The SFT stage on the tiny synthetic task: assistant-only labels, loss and eval loss falling,
 //! determinism, the frozen vision tower, non-finite step skipping, and the output checkpoint.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use prism::config::{PadSide, RunConfig, SftConfig};
+use prism::config::{PadSide, SftConfig};
 use prism::data::ReadOptions;
 use prism::data::sharegpt::{self, Message, Role, ShareGptRecord};
 use prism::models::Qwen3Vl;
 use prism::models::processor::Processor;
-use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
 use prism::stages::sft::{
     IGNORE_INDEX, OPTIMIZER_STATE, TRAINER_STATE, VISION_PREFIX, collate_examples, encode_example,
     run_sft, summed_token_loss,
@@ -20,18 +21,11 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 /// Synthetic data and a tiny random policy, built once per test binary.
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PreparedData,
-    init: PathBuf,
-}
+type Setup = common::TinySetup;
 
 fn setup() -> &'static Setup {
     static S: OnceLock<Setup> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
         let text = r#"
 [data.synth]
 train = 16
@@ -44,40 +38,13 @@ reasoning_error_rate = 0.0
 [[stages]]
 kind = "sft"
 "#;
-        let cfg = RunConfig::from_toml_str(text, Path::new("setup.toml"), &[]).unwrap();
-        let data = prepare_data(&cfg, &root).unwrap();
-        let init = build_tiny_policy(
-            cfg.policy.tiny.as_ref().unwrap(),
-            &data,
-            &root.join("init"),
-            0,
-        )
-        .unwrap();
-        Setup {
-            _dir: dir,
-            root,
-            data,
-            init,
-        }
+        common::tiny_setup(text, "init")
     })
 }
 
 fn ctx(name: &str) -> StageContext {
     let s = setup();
-    StageContext {
-        run_dir: s.root.join("runs"),
-        name: name.to_string(),
-        arm: "prism".into(),
-        device: Device::Cpu,
-        kind: Kind::Float,
-        seed: 3,
-        train_file: Some(s.data.train.clone()),
-        eval_file: s.data.eval.clone(),
-        rl_train_file: s.data.rl_train.clone(),
-        rl_eval_file: s.data.rl_eval.clone(),
-        warmup_file: s.data.warmup.clone(),
-        experts: None,
-    }
+    StageContext::new(s.root.join("runs"), name, &s.data, 3)
 }
 
 fn sft(steps: u64) -> SftConfig {

@@ -398,18 +398,9 @@ fn a_non_finite_step_is_skipped_and_leaves_the_weights() {
 fn ctx(name: &str, seed: u64) -> StageContext {
     let s = setup();
     StageContext {
-        run_dir: s.root.join(format!("runs-{name}")),
-        name: name.to_string(),
-        arm: "prism".into(),
-        device: Device::Cpu,
-        kind: Kind::Float,
-        seed,
-        train_file: Some(s.data.train.clone()),
         eval_file: None,
-        rl_train_file: s.data.rl_train.clone(),
         rl_eval_file: None,
-        warmup_file: s.data.warmup.clone(),
-        experts: None,
+        ..StageContext::new(s.root.join(format!("runs-{name}")), name, &s.data, seed)
     }
 }
 

@@ -105,6 +105,30 @@ pub struct StageContext {
 }
 
 impl StageContext {
+    /// The context of stage `name` of the run in `run_dir` over the prepared `data`: on the
+    /// CPU in float32, arm `prism`, no experts yet (set the other fields with struct update).
+    pub fn new(
+        run_dir: impl Into<PathBuf>,
+        name: &str,
+        data: &pipeline::PreparedData,
+        seed: u64,
+    ) -> Self {
+        StageContext {
+            run_dir: run_dir.into(),
+            name: name.to_string(),
+            arm: crate::config::DEFAULT_ARM.to_string(),
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+            seed,
+            train_file: Some(data.train.clone()),
+            eval_file: data.eval.clone(),
+            rl_train_file: data.rl_train.clone(),
+            rl_eval_file: data.rl_eval.clone(),
+            warmup_file: data.warmup.clone(),
+            experts: None,
+        }
+    }
+
     /// `run_dir/<name>`.
     pub fn stage_dir(&self) -> PathBuf {
         self.run_dir.join(&self.name)

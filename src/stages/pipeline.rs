@@ -427,18 +427,11 @@ fn run_one(cfg: &RunConfig, resume: bool) -> Result<Vec<StageSummary>> {
             at = cfg.input_of(j);
         }
         let ctx = StageContext {
-            run_dir: run_dir.clone(),
-            name: cfg.stage_name(i),
             arm: cfg.arm_of(i),
             device: cfg.device(),
             kind: cfg.kind(),
-            seed: cfg.run.seed,
-            train_file: Some(data.train.clone()),
-            eval_file: data.eval.clone(),
-            rl_train_file: data.rl_train.clone(),
-            rl_eval_file: data.rl_eval.clone(),
-            warmup_file: data.warmup.clone(),
             experts,
+            ..StageContext::new(&run_dir, &cfg.stage_name(i), &data, cfg.run.seed)
         };
         let summary = match st {
             StageConfig::Sft(s) => sft::run_sft(s, &ctx, &input)?,

@@ -1,4 +1,5 @@
-//! Shared helpers of the actor tests: a small config, stage spec and a recording checkpoint hook.
+//! Shared helpers of the actor and stage tests: a small config, stage spec, a recording
+//! checkpoint hook, and synthetic data with a tiny policy for stage tests.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -69,4 +70,38 @@ impl CheckpointHook for Recorder {
 
 pub fn recorder() -> Arc<Recorder> {
     Arc::new(Recorder::default())
+}
+
+/// Synthetic data and a tiny random policy in a temporary folder (kept while this lives).
+pub struct TinySetup {
+    pub _dir: tempfile::TempDir,
+    pub root: std::path::PathBuf,
+    pub data: prism::stages::pipeline::PreparedData,
+    /// The tiny policy (in `root/<policy_dir>`).
+    pub init: std::path::PathBuf,
+}
+
+/// Builds the `[data.synth]` and `[policy.tiny]` of the run config `text` (which must also name
+/// a stage) into a fresh temporary folder, the policy into `policy_dir` under it.
+pub fn tiny_setup(text: &str, policy_dir: &str) -> TinySetup {
+    use prism::stages::pipeline::{build_tiny_policy, prepare_data};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let cfg =
+        prism::config::RunConfig::from_toml_str(text, std::path::Path::new("setup.toml"), &[])
+            .unwrap();
+    let data = prepare_data(&cfg, &root).unwrap();
+    let init = build_tiny_policy(
+        cfg.policy.tiny.as_ref().unwrap(),
+        &data,
+        &root.join(policy_dir),
+        0,
+    )
+    .unwrap();
+    TinySetup {
+        _dir: dir,
+        root,
+        data,
+        init,
+    }
 }

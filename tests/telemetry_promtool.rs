@@ -209,12 +209,13 @@ async fn scrape_passes_promtool_check_metrics() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    telemetry::record_step("rlvr", "baseline", &step);
+    telemetry::record_step("align", "prism", &step);
     let body = scrape(addr).await;
     for line in [
-        "prism_reward_mean{stage=\"rlvr\",arm=\"baseline\"} 0.75",
-        "prism_cap_acc_ratio{stage=\"rlvr\",arm=\"baseline\"} 0.625",
-        "prism_trained_tokens_total{stage=\"rlvr\",arm=\"baseline\"} 40",
+        "prism_reward_mean{stage=\"align\",arm=\"prism\"} 0.75",
+        "prism_cap_acc_ratio{stage=\"align\",arm=\"prism\"} 0.625",
+        // the table above counted 3 already
+        "prism_trained_tokens_total{stage=\"align\",arm=\"prism\"} 43",
     ] {
         assert!(
             body.lines().any(|l| l == line),

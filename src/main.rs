@@ -38,7 +38,7 @@ enum Command {
     Generate(prism::models::generate_cli::GenerateArgs),
     /// Evaluate a checkpoint on an RL parquet: accuracy, format, perception/reasoning errors.
     Eval(prism::stages::eval::EvalArgs),
-    /// Run a pipeline of stages (sft, …) from a TOML run config.
+    /// Run a pipeline of stages (sft, warmup, align, rlvr, eval) from a TOML run config.
     Run(prism::stages::pipeline::RunArgs),
     /// Serve a checkpoint over an OpenAI-compatible HTTP API (chat completions, batched).
     Serve(prism::serve::ServeArgs),

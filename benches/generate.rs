@@ -7,16 +7,20 @@
 //! `PRISM_BENCH_MODEL_DIR` when set (the ~100M random Qwen3-VL that
 //! `benches/torch_reference.py --model-dir DIR` creates). Environment: `PRISM_BENCH_THREADS`
 //! (default 2), `PRISM_BENCH_REPS` (default 3), `PRISM_BENCH_ATTN` (`sdpa`, the default, or
-//! `eager`, the implementation transformers is timed with).
+//! `eager`, the implementation transformers is timed with), `PRISM_BENCH_DEVICE` (`cpu`, the
+//! default, or `cuda:N`; generation reads each step's tokens back, so the clock sees finished
+//! work).
 //!
 //! Run: `cargo bench --bench generate [-- DIR...]`. Prints one JSON line; nothing is asserted.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use prism::actors::config::DeviceSpec;
 use prism::models::generation::{GenerationConfig, Sampling, generate};
 use prism::models::{AttnImpl, ModelInputs, Qwen3Vl};
-use tch::{Device, Kind, Tensor};
+use prism::stages::rl::policy::tch_device;
+use tch::{Kind, Tensor};
 
 const PROMPT_LEN: usize = 32;
 const NEW_TOKENS: usize = 32;
@@ -70,9 +74,12 @@ fn prompt_ids(model: &Qwen3Vl, batch: usize, seed: u64) -> Vec<i64> {
 fn tokens_per_s(model: &Qwen3Vl, batch: usize, reps: usize) -> f64 {
     let ids = prompt_ids(model, batch, 1);
     let b = batch as i64;
+    let device = model.device();
     let inputs = ModelInputs::text(
-        Tensor::from_slice(&ids).view([b, PROMPT_LEN as i64]), // (B, S)
-        Tensor::ones([b, PROMPT_LEN as i64], (Kind::Int64, Device::Cpu)),
+        Tensor::from_slice(&ids)
+            .view([b, PROMPT_LEN as i64])
+            .to(device), // (B, S)
+        Tensor::ones([b, PROMPT_LEN as i64], (Kind::Int64, device)),
     );
     let cfg = GenerationConfig {
         sampling: Sampling::Greedy,
@@ -120,12 +127,18 @@ fn main() {
         Ok("sdpa") | Err(_) => AttnImpl::Sdpa,
         Ok(other) => panic!("PRISM_BENCH_ATTN={other:?}: use sdpa or eager"),
     };
+    let device_name = std::env::var("PRISM_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = tch_device(
+        device_name
+            .parse::<DeviceSpec>()
+            .unwrap_or_else(|e| panic!("PRISM_BENCH_DEVICE: {e}")),
+    );
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(threads as i32);
     let _guard = tch::no_grad_guard();
     let mut models = Vec::new();
     for dir in model_dirs() {
-        let mut model = Qwen3Vl::load(&dir, Device::Cpu, Kind::Float)
+        let mut model = Qwen3Vl::load(&dir, device, Kind::Float)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         model.set_attn_impl(attn);
         let mut per_batch = serde_json::Map::new();
@@ -145,6 +158,7 @@ fn main() {
         "impl": format!("prism {}, libtorch {}", env!("CARGO_PKG_VERSION"),
                         prism::runtime::libtorch_version()),
         "threads": threads,
+        "device": device_name,
         "attn": format!("{attn:?}").to_lowercase(),
         "prompt_len": PROMPT_LEN,
         "new_tokens": NEW_TOKENS,

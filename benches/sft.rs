@@ -18,16 +18,19 @@
 //! `benches/torch_reference.py` builds in the bench cache, and `target/bench-results`).
 //! Environment: `PRISM_BENCH_THREADS` (2), `PRISM_BENCH_SFT_BATCHES` (`1,4`),
 //! `PRISM_BENCH_SFT_SEQ` (256), `PRISM_BENCH_SFT_WARMUP` (2), `PRISM_BENCH_SFT_STEPS` (3),
-//! `PRISM_BENCH_ATTN` (`sdpa`, the default and the stage's, or `eager`). Prints one JSON line;
-//! nothing is asserted.
+//! `PRISM_BENCH_ATTN` (`sdpa`, the default and the stage's, or `eager`), `PRISM_BENCH_DEVICE`
+//! (`cpu`, the default, or `cuda:N`: the step's parts are then timed with a device
+//! synchronisation at each boundary). Prints one JSON line; nothing is asserted.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use prism::actors::config::DeviceSpec;
 use prism::algo::adamw::{AdamW, clip_grad_norm};
 use prism::algo::numerics::is_finite;
 use prism::config::SftConfig;
 use prism::models::{AttnImpl, ModelInputs, Qwen3Vl, Qwen3VlConfig};
+use prism::stages::rl::policy::tch_device;
 use prism::stages::sft::{IGNORE_INDEX, SftBatch, summed_token_loss};
 use tch::{Device, Kind, Tensor};
 
@@ -45,6 +48,13 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     })
 }
 
+/// Waits for the device's queued work (libtorch CPU ops are synchronous already).
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 fn batch_sizes() -> Vec<usize> {
     let v = std::env::var("PRISM_BENCH_SFT_BATCHES").unwrap_or_else(|_| "1,4".into());
     v.split(',')
@@ -58,7 +68,12 @@ fn batch_sizes() -> Vec<usize> {
 
 /// The synthetic batch `[b, s]` described in the module doc, plus its tensors by name (what
 /// `sft_reference.py` reads).
-fn synthetic_batch(c: &Qwen3VlConfig, b: i64, s: i64) -> (SftBatch, Vec<(String, Tensor)>) {
+fn synthetic_batch(
+    c: &Qwen3VlConfig,
+    b: i64,
+    s: i64,
+    device: Device,
+) -> (SftBatch, Vec<(String, Tensor)>) {
     let merge = c.vision_config.spatial_merge_size;
     let n_img = GRID[1] * GRID[2] / (merge * merge);
     assert!(
@@ -109,8 +124,9 @@ fn synthetic_batch(c: &Qwen3VlConfig, b: i64, s: i64) -> (SftBatch, Vec<(String,
         ("image_grid_thw".to_string(), grid.shallow_clone()),
     ];
     let batch = SftBatch {
-        inputs: ModelInputs::text(input_ids, mask).with_images(pixels, grid),
-        labels,
+        inputs: ModelInputs::text(input_ids.to(device), mask.to(device))
+            .with_images(pixels.to(device), grid.to(device)),
+        labels: labels.to(device),
         num_labels: b * (s - s / 2),
         num_tokens: b * s,
     };
@@ -135,8 +151,9 @@ fn time_steps(
     batch: &SftBatch,
     warmup: usize,
     steps: usize,
+    device: Device,
 ) -> Timing {
-    let mut model = Qwen3Vl::load(dir, Device::Cpu, Kind::Float)
+    let mut model = Qwen3Vl::load(dir, device, Kind::Float)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     model.set_attn_impl(attn);
     let mut opt =
@@ -155,6 +172,7 @@ fn time_steps(
         let loss_value = loss.double_value(&[]);
         let t1 = Instant::now();
         loss.backward();
+        sync(device);
         let t2 = Instant::now();
         let norm = clip_grad_norm(&params, cfg.max_grad_norm).expect("clip");
         let finite = is_finite(&norm).expect("norm");
@@ -163,6 +181,7 @@ fn time_steps(
             opt.step(cfg.lr).expect("adamw");
         }
         opt.zero_grad();
+        sync(device);
         let secs = t0.elapsed().as_secs_f64();
         let phases = [t1 - t0, t2 - t1, t3 - t2, t3.elapsed()].map(|d| d.as_secs_f64());
         if i == 0 {
@@ -212,6 +231,12 @@ fn main() {
         "eager" => AttnImpl::Eager,
         other => panic!("PRISM_BENCH_ATTN={other:?}: use sdpa or eager"),
     };
+    let device_name = env("PRISM_BENCH_DEVICE", String::from("cpu"));
+    let device = tch_device(
+        device_name
+            .parse::<DeviceSpec>()
+            .unwrap_or_else(|e| panic!("PRISM_BENCH_DEVICE: {e}")),
+    );
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(threads as i32);
 
@@ -223,11 +248,11 @@ fn main() {
     let mut params = 0;
     let mut results = Vec::new();
     for b in batch_sizes() {
-        let (batch, named) = synthetic_batch(&config, b as i64, seq);
+        let (batch, named) = synthetic_batch(&config, b as i64, seq, device);
         let file = batch_dir.join(format!("sft_batch_b{b}_s{seq}.safetensors"));
         Tensor::write_safetensors(&named, &file)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let t = time_steps(&model_dir, &cfg, attn, &batch, warmup, steps);
+        let t = time_steps(&model_dir, &cfg, attn, &batch, warmup, steps, device);
         params = t.params;
         let median = |mut xs: Vec<f64>| {
             xs.sort_by(f64::total_cmp);
@@ -262,6 +287,7 @@ fn main() {
         "model_dir": model_dir.display().to_string(),
         "params": params,
         "threads": threads,
+        "device": device_name,
         "attn": format!("{attn:?}").to_lowercase(),
         "warmup": warmup,
         "steps": steps,

@@ -11,8 +11,10 @@ fp32, CPU), timed exactly like prism's SFT step in benches/sft.rs:
 on the very batch the Rust side wrote (`sft_batch_b{B}_s{S}.safetensors`: input_ids,
 attention_mask, labels, pixel_values, image_grid_thw), with the same thread count, warm-up and
 timed steps, attention implementation and optimizer settings, all read from prism's JSON line
-(`--prism-json`, the saved output of `cargo bench --bench sft`). torch.optim.AdamW runs with its
-CPU default (the single-tensor loop). Tokens/s = tokens in the batch / median timed step time
+(`--prism-json`, the saved output of `cargo bench --bench sft`), on prism's device (`cpu` or
+`cuda:N`; on CUDA each part of a step ends with `torch.cuda.synchronize()`, as prism's does).
+torch.optim.AdamW runs with PyTorch's default for the device (CPU: the single-tensor loop; CUDA:
+the multi-tensor `foreach` one). Tokens/s = tokens in the batch / median timed step time
 (`best_tokens_per_s`: / the fastest step).
 
 Prints one JSON line, then (with --prism-json) a Markdown table of both. The first-step losses
@@ -52,10 +54,10 @@ def no_decay(name, p):
     return p.dim() <= 1 or lower.endswith("bias") or "norm" in lower
 
 
-def load_batch(path, image_token_id):
+def load_batch(path, image_token_id, device):
     from safetensors.torch import load_file
 
-    t = load_file(path)
+    t = {k: v.to(device) for k, v in load_file(path).items()}
     inputs = {
         "input_ids": t["input_ids"],
         "attention_mask": t["attention_mask"],
@@ -70,9 +72,11 @@ def load_batch(path, image_token_id):
 def time_steps(args, batch_file, settings):
     from transformers import Qwen3VLForConditionalGeneration
 
+    device = torch.device(settings["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = Qwen3VLForConditionalGeneration.from_pretrained(
         args.model_dir, dtype=torch.float32, attn_implementation=settings["attn"]
-    )
+    ).to(device)
     model.train()
     adamw = settings["adamw"]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -82,7 +86,7 @@ def time_steps(args, batch_file, settings):
     ]
     opt = torch.optim.AdamW(groups, lr=adamw["lr"], betas=(adamw["beta1"], adamw["beta2"]), eps=adamw["eps"])
     params = [p for _, p in named]
-    inputs, labels = load_batch(batch_file, model.config.image_token_id)
+    inputs, labels = load_batch(batch_file, model.config.image_token_id, device)
     b, s = labels.shape
     n_labels = int((labels[:, 1:] != -100).sum())
     step_seconds, phase_seconds, first = [], [], None
@@ -96,6 +100,7 @@ def time_steps(args, batch_file, settings):
         loss_value = loss.item()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         norm = torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
         finite = bool(torch.isfinite(norm))
@@ -103,6 +108,7 @@ def time_steps(args, batch_file, settings):
         if finite:
             opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t4 = time.perf_counter()
         secs = t4 - t0
         if i == 0:
@@ -167,6 +173,7 @@ def main():
     torch.set_num_interop_threads(threads)
     torch.manual_seed(0)
     settings = {k: prism[k] for k in ("attn", "warmup", "steps", "adamw", "max_grad_norm")}
+    settings["device"] = prism.get("device", "cpu")
     results, params = [], None
     for p in prism["sft"]:
         r, params = time_steps(args, p["batch_file"], settings)
@@ -183,7 +190,7 @@ def main():
     }
     print(json.dumps(out))
     print()
-    print(f"SFT step tokens/s, {threads} threads, {settings['attn']} attention, median of {settings['steps']} steps "
+    print(f"SFT step tokens/s on {settings['device']}, {threads} threads, {settings['attn']} attention, median of {settings['steps']} steps "
           f"after {settings['warmup']} warm-up, {params / 1e6:.1f}M parameters:")
     print(table(prism, out))
 

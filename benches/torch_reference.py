@@ -7,6 +7,8 @@ then measures on CPU with the given thread count:
   - SFT training tokens/s of a plain PyTorch eager loop (forward, cross-entropy on all tokens,
     backward, torch.optim.AdamW step) at batch 4 x 256 tokens.
 Prints one JSON object. Run by benches/run.sh with the libtorch venv's python.
+`--device cuda:N` times on a GPU (synchronised before each clock read); `--build-only` only
+writes the model directory.
 """
 
 import argparse
@@ -61,9 +63,14 @@ def build_or_load(path, vocab):
     return model
 
 
-def bench_generate(model, vocab, batch, prompt_len, new_tokens, reps):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_generate(model, vocab, batch, prompt_len, new_tokens, reps, device):
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab - 8, (batch, prompt_len), generator=g)
+    ids = torch.randint(0, vocab - 8, (batch, prompt_len), generator=g).to(device)
     mask = torch.ones_like(ids)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   eos_token_id=None, pad_token_id=0)
@@ -71,20 +78,23 @@ def bench_generate(model, vocab, batch, prompt_len, new_tokens, reps):
         model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # warm-up
         best = float("inf")
         for _ in range(reps):
+            sync(device)
             t0 = time.perf_counter()
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            sync(device)
             best = min(best, time.perf_counter() - t0)
     produced = (out.shape[1] - prompt_len) * batch
     return produced / best
 
 
-def bench_sft(model, vocab, batch, seq, steps):
+def bench_sft(model, vocab, batch, seq, steps, device):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
     g = torch.Generator().manual_seed(2)
-    ids = torch.randint(0, vocab - 8, (batch, seq), generator=g)
+    ids = torch.randint(0, vocab - 8, (batch, seq), generator=g).to(device)
     times = []
     for step in range(steps + 1):
+        sync(device)
         t0 = time.perf_counter()
         logits = model(input_ids=ids).logits
         loss = torch.nn.functional.cross_entropy(
@@ -92,6 +102,7 @@ def bench_sft(model, vocab, batch, seq, steps):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync(device)
         if step > 0:  # the first step allocates optimizer state
             times.append(time.perf_counter() - t0)
     model.eval()
@@ -104,19 +115,26 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    ap.add_argument("--build-only", action="store_true", help="only write the model directory")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = build_or_load(args.model_dir, args.vocab)
+    if args.build_only:
+        return
+    device = torch.device(args.device)
+    model.to(device)
     params = sum(p.numel() for p in model.parameters())
     result = {
         "impl": "transformers " + __import__("transformers").__version__ + ", torch " + torch.__version__,
         "threads": args.threads,
+        "device": args.device,
         "params": params,
         "generate_tokens_per_s": {
-            "batch1": bench_generate(model, args.vocab, 1, 32, 32, args.reps),
-            "batch16": bench_generate(model, args.vocab, 16, 32, 32, args.reps),
+            "batch1": bench_generate(model, args.vocab, 1, 32, 32, args.reps, device),
+            "batch16": bench_generate(model, args.vocab, 16, 32, 32, args.reps, device),
         },
-        "sft_tokens_per_s": bench_sft(model, args.vocab, 4, 256, 3),
+        "sft_tokens_per_s": bench_sft(model, args.vocab, 4, 256, 3, device),
     }
     json.dump(result, sys.stdout)
     print()

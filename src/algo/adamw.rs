@@ -280,12 +280,26 @@ impl AdamW {
             if group.weight_decay != 0.0 {
                 let _ = theta.f_mul_scalar_(1.0 - lr_g * group.weight_decay)?;
             }
+            // In-place ops, one temporary per line at most: the step is bound by memory
+            // traffic and (on GPU) kernel launches, so this is ~8 kernels per tensor, not ~13.
             let _ = s.exp_avg.f_lerp_(&g, 1.0 - b1)?;
             let _ = s.exp_avg_sq.f_mul_scalar_(b2)?;
-            let _ = s.exp_avg_sq.f_add_(&((&g * (1.0 - b2)) * &g))?;
-            let denom = s.exp_avg_sq.f_sqrt()? / bias2_sqrt + eps;
-            let update = (&s.exp_avg / denom) * step_size;
-            let _ = theta.f_sub_(&update.f_to_kind(theta.kind())?)?;
+            let _ = s.exp_avg_sq.f_addcmul_(&g.f_mul_scalar(1.0 - b2)?, &g)?;
+            if step_size != 0.0 {
+                // θ ← θ − step_size · m / (√v / √(1−β₂ᵗ) + ε), as θ + m / d with
+                // d = −(√v / √(1−β₂ᵗ) + ε) / step_size
+                let mut denom = s.exp_avg_sq.f_sqrt()?;
+                let _ = denom.f_div_scalar_(bias2_sqrt)?;
+                let _ = denom.f_add_scalar_(eps)?;
+                let _ = denom.f_mul_scalar_(-1.0 / step_size)?;
+                if theta.kind() == s.exp_avg.kind() {
+                    let _ = theta.f_addcdiv_(&s.exp_avg, &denom)?;
+                } else {
+                    // a low-precision parameter without a master copy
+                    let update = s.exp_avg.f_div(&denom)?;
+                    let _ = theta.f_add_(&update.f_to_kind(theta.kind())?)?;
+                }
+            }
             if let Some(m) = &s.master {
                 s.param.f_copy_(&m.f_to_kind(s.param.kind())?)?;
             }

@@ -1034,14 +1034,25 @@ impl RunConfig {
             path: path.to_path_buf(),
             message,
         })?;
+        let whole = table.clone();
         let mut cfg: RunConfig =
             RunConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-                // without overrides or stage links, parsing the text itself gives the error its
-                // line and column
+                // serde's `kind`-tagged stages lose the field path: name the stage and the
+                // field when a stage is at fault; otherwise, without overrides or stage links,
+                // parsing the text itself gives the error its line and column
                 let plain =
                     overrides.is_empty() && graph.iter().all(|l| *l == StageLink::default());
-                let message = match (plain, toml::from_str::<RunConfig>(text)) {
-                    (true, Err(spanned)) => spanned.to_string(),
+                let message = match (
+                    stage_error_at(&whole),
+                    plain,
+                    toml::from_str::<RunConfig>(text),
+                ) {
+                    // serde's message without its "in `stages`" tail
+                    (Some(at), _, _) => {
+                        let what = e.to_string();
+                        format!("{at}: {}", what.lines().next().unwrap_or_default())
+                    }
+                    (None, true, Err(spanned)) => spanned.to_string(),
                     _ => e.to_string(),
                 };
                 ConfigError::Parse {
@@ -1448,6 +1459,35 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// Where the first `[[stages]]` entry that fails to deserialise on its own fails, as
+/// `stages.I (kind = "K"), `field.path``; `None` when every stage parses (the error is
+/// elsewhere) or a stage has no known `kind` (serde's own message names the kinds).
+fn stage_error_at(table: &toml::Table) -> Option<String> {
+    fn path_of<T: serde::de::DeserializeOwned>(v: toml::Value) -> Option<String> {
+        serde_path_to_error::deserialize::<_, T>(v)
+            .err()
+            .map(|e| e.path().to_string())
+    }
+    let stages = table.get("stages")?.as_array()?;
+    stages.iter().enumerate().find_map(|(i, st)| {
+        let mut body = st.as_table()?.clone();
+        let kind = body.remove("kind")?.as_str()?.to_string();
+        let v = toml::Value::Table(body);
+        let path = match kind.as_str() {
+            "sft" => path_of::<SftConfig>(v),
+            "warmup" => path_of::<WarmupConfig>(v),
+            "align" => path_of::<AlignConfig>(v),
+            "rlvr" => path_of::<RlvrConfig>(v),
+            "eval" => path_of::<EvalStageConfig>(v),
+            _ => None,
+        }?;
+        Some(match path.as_str() {
+            "." => format!("stages.{i} (kind = {kind:?})"),
+            p => format!("stages.{i} (kind = {kind:?}), `{p}`"),
+        })
+    })
 }
 
 /// Applies one `key=value` override: `key` is a dotted path (`run.seed`, `stages.0.lr`;

@@ -276,3 +276,26 @@ fn bad_stage_links_are_named() {
     let e = err(&ARMS.replace("seeds = [1, 2]", "seeds = [1, 1]"), &[]);
     assert!(e.contains("run.seeds"), "{e}");
 }
+
+/// serde's `kind`-tagged stages lose the field path; the error names the stage and the field.
+#[test]
+fn a_bad_field_inside_a_stage_is_named_with_its_stage_and_path() {
+    let text = format!(
+        "{MINIMAL}\n[[stages]]\nkind = \"align\"\n[stages.policy]\nsteps = 2\n[stages.advantage]\nmode = 1\n"
+    );
+    let e = err(&text, &[]);
+    assert!(
+        e.contains("stages.1 (kind = \"align\"), `advantage.mode`: invalid type: integer `1`"),
+        "{e}"
+    );
+    let e = err(MINIMAL, &["stages.0.lr=\"fast\""]);
+    assert!(
+        e.contains("stages.0 (kind = \"sft\"), `lr`: invalid type: string"),
+        "{e}"
+    );
+    let e = err(MINIMAL, &["stages.0.stepz=3"]);
+    assert!(
+        e.contains("stages.0 (kind = \"sft\"), `stepz`: unknown field `stepz`"),
+        "{e}"
+    );
+}

@@ -53,7 +53,7 @@ impl RewardEngine for ChosenAccuracy {
             },
         };
         let varies = self.vary.contains(&prompt.uid);
-        o.accuracy = Some(if varies && rollout.sample_index % 2 == 0 {
+        o.accuracy = Some(if varies && rollout.sample_index.is_multiple_of(2) {
             1.0
         } else {
             0.0

@@ -95,7 +95,8 @@ pub struct StageSpec {
     /// Label of the run's metrics (`stage`), e.g. "align".
     pub name: String,
     pub kind: StageKind,
-    /// Steps to run (fewer if the prompts run out; the last partial step is dropped).
+    /// Steps to run (fewer if the prompts run out; the last partial step is dropped; with
+    /// dynamic sampling a step may use several steps' worth of prompts).
     pub steps: u64,
     pub prompts_per_step: usize,
     /// Samples per prompt (the group size).
@@ -648,7 +649,18 @@ async fn generation_phase(
     for s in 0..p.steps {
         // a step starts only with a full round of prompts left (the last partial step is
         // dropped); refill rounds may end a step short instead
-        if shutdown.is_cancelled() || cursor + b > p.prompts.len() {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if cursor + b > p.prompts.len() {
+            if p.dynamic.is_some() {
+                tracing::warn!(
+                    stage = %p.spec.name, steps = s, planned = p.steps, cursor,
+                    prompts = p.prompts.len(),
+                    "dynamic sampling used up the prompts before the last step: the stage ends \
+                     early (more prompts, or passes, would let it finish)"
+                );
+            }
             break;
         }
         let need = p.base + s.saturating_sub(p.staleness);
@@ -826,10 +838,12 @@ async fn refill_step(
     let mut filtered: Vec<u64> = Vec::new();
     let mut stats = SamplingStats::default();
     let mut accuracy_sum = 0.0f64;
+    let mut out_of_prompts = false;
     loop {
         let hi = (cursor + target).min(p.prompts.len());
         if hi == cursor {
-            break; // the prompts ran out
+            out_of_prompts = true;
+            break;
         }
         let round = Arc::new(p.prompts[cursor..hi].to_vec());
         cursor = hi;
@@ -838,6 +852,16 @@ async fn refill_step(
         let outcomes = evaluate(p, &round, &rollouts).await?;
         let rollouts = Arc::try_unwrap(rollouts).unwrap_or_else(|a| (*a).clone());
         let groups = group_round(p, &round, rollouts, outcomes)?;
+        if groups
+            .iter()
+            .all(|g| g.outcomes.iter().all(|o| o.accuracy.is_none()))
+        {
+            tracing::warn!(
+                stage = %p.spec.name, step,
+                "dynamic sampling: no rollout of this round has an accuracy (prompts without a \
+                 ground truth), so every group counts as constant"
+            );
+        }
         let keep = varying_groups(p, &groups)?;
         let first = stats.gen_batches == 1;
         for (g, k) in groups.into_iter().zip(keep) {
@@ -877,8 +901,8 @@ async fn refill_step(
         tracing::warn!(
             stage = %p.spec.name, step, kept = kept.len(), target, rounds = stats.gen_batches,
             max_gen_batches = ds.max_gen_batches,
-            "dynamic sampling: fewer varying groups than prompts_per_step after the last \
-             generation round; {}",
+            "dynamic sampling: fewer varying groups than prompts_per_step when {}; {}",
+            if out_of_prompts { "the prompts ran out" } else { "max_gen_batches was reached" },
             if kept.is_empty() { "the step is skipped" } else { "training on the kept groups" }
         );
     }

@@ -440,6 +440,77 @@ fn alignment_refills_too_and_asks_the_teacher_only_for_the_kept_prompts() {
     );
 }
 
+/// Cancels the run's shutdown token once the first step is trained.
+struct StopAfterFirst {
+    token: CancellationToken,
+    ckpts: Mutex<Vec<(CheckpointReason, u64, usize)>>,
+}
+
+impl CheckpointHook for StopAfterFirst {
+    fn checkpoint(&self, c: &StageCheckpoint) -> Result<(), String> {
+        self.ckpts
+            .lock()
+            .unwrap()
+            .push((c.reason.clone(), c.steps_done, c.next_cursor));
+        Ok(())
+    }
+
+    fn after_step(&self, _: &StepRecord) -> Result<bool, String> {
+        self.token.cancel();
+        Ok(false)
+    }
+}
+
+#[test]
+fn a_shutdown_during_the_rounds_abandons_the_step_and_checkpoints_its_start() {
+    // step 1 needs two rounds ([6 7], [8 9]); the signal comes while its first one is being
+    // generated (generation is slow), so the step is abandoned and the checkpoint's cursor is
+    // step 0's: a resumed run generates step 1 from prompt 6 again
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut e, _probe, seen) = engines(&VARY, false);
+    let (slow, _) = toy::engines(ToyOptions {
+        generate_delay: toy::fixed_delay(Duration::from_millis(300)),
+        ..ToyOptions::default()
+    });
+    e.policy = slow.policy;
+    let token = CancellationToken::new();
+    let hook = Arc::new(StopAfterFirst {
+        token: token.clone(),
+        ckpts: Mutex::default(),
+    });
+    let report = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                run_stage_with(
+                    &common::config(1, 0),
+                    common::spec(StageKind::Rlvr, 3, 2, 4),
+                    dapo(10),
+                    e,
+                    Arc::new(toy::prompts(40, 5)),
+                    hook.clone(),
+                    token,
+                ),
+            )
+            .await
+        })
+        .expect("the stage wedged")
+        .unwrap();
+    assert!(report.interrupted);
+    assert_eq!((report.steps_done, report.next_cursor), (1, 6));
+    assert_eq!(uids(&report.processed), [1, 4]);
+    assert_eq!(uids(&report.filtered), [0, 2, 3, 5]);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        *hook.ckpts.lock().unwrap(),
+        [(CheckpointReason::Interrupted, 1, 6)]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tiny Qwen3-VL
 

@@ -294,6 +294,10 @@ impl RlCheckpointHook {
 impl CheckpointHook for RlCheckpointHook {
     fn checkpoint(&self, ckpt: &StageCheckpoint) -> std::result::Result<(), String> {
         let step = self.offset + ckpt.steps_done;
+        if ckpt.reason == CheckpointReason::Finished {
+            // the stage may end before its planned steps (dynamic sampling used the prompts up)
+            self.bar.lock().unwrap_or_else(|p| p.into_inner()).finish();
+        }
         let dir = match &ckpt.reason {
             CheckpointReason::Finished => self.final_dir(),
             // nothing new to keep when a run stops before its first step

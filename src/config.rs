@@ -668,6 +668,10 @@ pub struct RlvrConfig {
     /// none, is skipped) and counts `dynamic_sampling_short`. Default 10; only valid with
     /// dynamic sampling on.
     pub max_gen_batches: Option<u32>,
+    /// Prompts per generation round under dynamic sampling (verl's `data.gen_batch_size`; the
+    /// paper's DAPO script draws 96 for 32 trained). Default `prompts_per_step`; only valid
+    /// with dynamic sampling on.
+    pub gen_batch_size: Option<usize>,
     /// DAPO overlong reward shaping. Default: DAPO on.
     pub overlong_buffer: Option<bool>,
     /// Length of the overlong penalty zone before `max_new_tokens` (DAPO 4096).
@@ -822,6 +826,7 @@ impl Default for RlvrConfig {
             max_bad_steps_in_row: 5,
             dynamic_sampling: None,
             max_gen_batches: None,
+            gen_batch_size: None,
             overlong_buffer: None,
             overlong_buffer_len: 4096,
             overlong_penalty_factor: 1.0,
@@ -992,14 +997,22 @@ impl RlvrConfig {
             }
         }
         let (dynamic, overlong) = self.resolved_dapo();
-        if !dynamic && let Some(m) = self.max_gen_batches {
-            return err(
-                "max_gen_batches",
-                format!(
-                    "is {m} but dynamic sampling is off: it needs algorithm = \"dapo\" or \
-                     dynamic_sampling = true"
-                ),
-            );
+        for (k, v) in [
+            ("max_gen_batches", self.max_gen_batches.map(|m| m as usize)),
+            ("gen_batch_size", self.gen_batch_size),
+        ] {
+            if !dynamic && let Some(m) = v {
+                return err(
+                    k,
+                    format!(
+                        "is {m} but dynamic sampling is off: it needs algorithm = \"dapo\" or \
+                         dynamic_sampling = true"
+                    ),
+                );
+            }
+        }
+        if self.gen_batch_size == Some(0) {
+            return err("gen_batch_size", "must be at least 1 when set".into());
         }
         if overlong {
             if self.overlong_buffer_len == 0 || self.overlong_buffer_len > self.max_new_tokens {

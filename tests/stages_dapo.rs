@@ -163,9 +163,17 @@ impl CheckpointHook for EveryStep {
     }
 }
 
+/// Dynamic sampling with rounds of 2 prompts (the steps' size in these tests).
 fn dapo(max_gen_batches: u32) -> StageOptions {
+    dapo_rounds(max_gen_batches, 2)
+}
+
+fn dapo_rounds(max_gen_batches: u32, gen_batch_size: usize) -> StageOptions {
     StageOptions {
-        dynamic_sampling: Some(DynamicSampling { max_gen_batches }),
+        dynamic_sampling: Some(DynamicSampling {
+            max_gen_batches,
+            gen_batch_size,
+        }),
     }
 }
 
@@ -379,6 +387,44 @@ fn a_step_with_constant_groups_is_refilled_to_exactly_its_varying_groups_on_poli
         );
     }
     assert!(run.report.max_staleness().unwrap() <= 2);
+}
+
+#[test]
+fn rounds_larger_than_the_step_trim_the_surplus() {
+    // gen_batch_size 3 for 2 prompts per step (verl's DAPO draws 96 for 32): step 0: [0 1 2]
+    // keeps 1, [3 4 5] keeps 4 (5 is surplus); step 1: [6 7 8] keeps 6, [9 10 11] keeps 9
+    // (10 and 11 are surplus)
+    let run = run_toy(
+        StageKind::Rlvr,
+        common::config(1, 0),
+        2,
+        2,
+        40,
+        &VARY,
+        dapo_rounds(10, 3),
+    );
+    let r = &run.report;
+    assert_eq!(groups(&run.batches[&0]), [1, 4]);
+    assert_eq!(groups(&run.batches[&1]), [6, 9]);
+    let recs: Vec<_> = r.steps.iter().map(sampling).collect();
+    assert_eq!(recs, [(2, 2, 3, 1, false), (2, 2, 2, 2, false)]);
+    assert_eq!(r.next_cursor, 12);
+    assert_eq!(uids(&r.filtered), [0, 2, 3, 5, 7, 8, 10, 11]);
+    // a round size of 0 is refused up front
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (e, _, _, _) = engines(&VARY, false);
+    let err = rt
+        .block_on(run_stage_with(
+            &common::config(1, 0),
+            common::spec(StageKind::Rlvr, 1, 2, 4),
+            dapo_rounds(1, 0),
+            e,
+            Arc::new(toy::prompts(4, 5)),
+            common::recorder(),
+            CancellationToken::new(),
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("gen_batch_size"), "{err}");
 }
 
 #[test]
@@ -742,6 +788,26 @@ fn max_gen_batches_is_validated_and_defaults_to_verl() {
         ..grpo.clone()
     };
     assert_eq!(on.resolved_max_gen_batches(), Some(4));
+    let rounds = RlvrConfig {
+        gen_batch_size: Some(96),
+        ..dapo.clone()
+    };
+    assert!(rounds.validate(&|k| k.to_string(), true).is_ok());
+    assert_eq!(RlOptions::from_rlvr(&rounds, 0).unwrap().gen_batch_size, 96);
+    assert_eq!(RlOptions::from_rlvr(&dapo, 0).unwrap().gen_batch_size, 32);
+    for (bad, msg) in [
+        (Some(0), "at least 1"),
+        (Some(8), "dynamic sampling is off"),
+    ] {
+        let c = RlvrConfig {
+            gen_batch_size: bad,
+            dynamic_sampling: Some(bad == Some(0)),
+            ..dapo.clone()
+        };
+        let (key, m) = c.validate(&|k| k.to_string(), true).unwrap_err();
+        assert_eq!(key, "gen_batch_size");
+        assert!(m.contains(msg), "{m}");
+    }
     assert_eq!(RlvrConfig::default().resolved_max_gen_batches(), None);
     // a run config names the stage's key
     let e = RunConfig::from_toml_str(

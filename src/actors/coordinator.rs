@@ -28,7 +28,7 @@
 //! # Dynamic sampling (DAPO)
 //!
 //! With [`StageOptions::dynamic_sampling`], the generation phase decides per step how much to
-//! generate (verl's `filter_groups`): it generates a round of the next `prompts_per_step` unused
+//! generate (verl's `filter_groups`): it generates a round of the next `gen_batch_size` unused
 //! prompts, has the reward actor score it ([`evaluate`], the same call the scoring phase makes),
 //! keeps the groups whose accuracy varies ([`crate::algo::advantage::dynamic_sampling_filter`])
 //! and generates further rounds, with the same minimum policy version, until `prompts_per_step`
@@ -113,6 +113,8 @@ pub struct StageSpec {
 pub struct DynamicSampling {
     /// Generation rounds per step at most (verl's `max_num_gen_batches`); 0 = unlimited.
     pub max_gen_batches: u32,
+    /// Prompts per generation round (verl's `gen_batch_size`), at least 1.
+    pub gen_batch_size: usize,
 }
 
 /// How a stage run samples, beyond its [`StageSpec`].
@@ -428,6 +430,11 @@ pub async fn run_stage_with(
     shutdown: CancellationToken,
 ) -> Result<StageReport, StageError> {
     let steps = check_spec(cfg, &spec, &engines, prompts.len())?;
+    if let Some(ds) = &options.dynamic_sampling
+        && ds.gen_batch_size == 0
+    {
+        return Err(setup(&spec.name, "gen_batch_size must be at least 1"));
+    }
     let align = spec.kind == StageKind::Align;
     let ctx = Arc::new(RunCtx::new(&spec.name, cfg));
     let kit = Arc::new(Kit {
@@ -647,8 +654,8 @@ async fn generation_phase(
     let b = p.spec.prompts_per_step;
     let mut cursor = p.spec.start_cursor;
     for s in 0..p.steps {
-        // a step starts only with a full round of prompts left (the last partial step is
-        // dropped); refill rounds may end a step short instead
+        // a step starts only with `prompts_per_step` prompts left (the last partial step is
+        // dropped); dynamic sampling's rounds may end a step short instead
         if shutdown.is_cancelled() {
             break;
         }
@@ -820,7 +827,7 @@ fn varying_groups(p: &Pipe, groups: &[Group]) -> Result<Vec<bool>, StageError> {
     Ok(kept)
 }
 
-/// Generates and scores rounds of the next `prompts_per_step` unused prompts from `cursor`
+/// Generates and scores rounds of the next `gen_batch_size` unused prompts from `cursor`
 /// until `prompts_per_step` groups whose accuracy varies are kept, the round limit is reached,
 /// or the prompts run out (see the module doc). `None` when a shutdown signal came during the
 /// rounds (the step is abandoned).
@@ -840,7 +847,7 @@ async fn refill_step(
     let mut accuracy_sum = 0.0f64;
     let mut out_of_prompts = false;
     loop {
-        let hi = (cursor + target).min(p.prompts.len());
+        let hi = (cursor + ds.gen_batch_size).min(p.prompts.len());
         if hi == cursor {
             out_of_prompts = true;
             break;

@@ -76,6 +76,8 @@ pub struct RlOptions {
     pub dynamic_sampling: bool,
     /// Generation rounds per step at most under dynamic sampling; 0 = unlimited.
     pub max_gen_batches: u32,
+    /// Prompts per generation round under dynamic sampling.
+    pub gen_batch_size: usize,
     /// DAPO overlong shaping.
     pub overlong: Option<OverlongBuffer>,
     /// PRISM's multi-reward advantage (alignment only).
@@ -95,6 +97,7 @@ impl RlOptions {
         StageOptions {
             dynamic_sampling: self.dynamic_sampling.then_some(DynamicSampling {
                 max_gen_batches: self.max_gen_batches,
+                gen_batch_size: self.gen_batch_size,
             }),
         }
     }
@@ -194,6 +197,7 @@ impl RlOptions {
             max_gen_batches: cfg
                 .resolved_max_gen_batches()
                 .unwrap_or(crate::config::DEFAULT_MAX_GEN_BATCHES),
+            gen_batch_size: cfg.gen_batch_size.unwrap_or(cfg.prompts_per_step),
             overlong,
             multi_reward: MultiRewardOptions::paper(),
             save_every: cfg.save_every,
@@ -474,7 +478,8 @@ mod tests {
         assert_eq!(
             o.stage_options().dynamic_sampling,
             Some(DynamicSampling {
-                max_gen_batches: 10
+                max_gen_batches: 10,
+                gen_batch_size: 32
             })
         );
         assert_eq!(o.overlong, Some(OverlongBuffer::dapo(8192)));

@@ -29,7 +29,7 @@
 //!
 //! With [`StageOptions::dynamic_sampling`], the generation phase decides per step how much to
 //! generate (verl's `filter_groups`): it generates a round of the next `gen_batch_size` unused
-//! prompts, has the reward actor score it ([`evaluate`], the same call the scoring phase makes),
+//! prompts, has the reward actor score it (`evaluate`, the same call the scoring phase makes),
 //! keeps the groups whose accuracy varies ([`crate::algo::advantage::dynamic_sampling_filter`])
 //! and generates further rounds, with the same minimum policy version, until `prompts_per_step`
 //! groups are kept; the surplus of the last round is trimmed. Under `max_staleness = 0` the

@@ -880,3 +880,71 @@ save_every = 0
     assert_eq!(fin.next_cursor, 8);
     assert_eq!(fin.skipped_steps, 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Property
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Under any staleness bound, generator count, sync switch, round limit and round size,
+        /// and any set of varying prompts: every trained sample is within the staleness bound,
+        /// every step trains at most `prompts_per_step` groups (exactly that many, all varying,
+        /// unless it is short), every prompt before the final cursor was trained or filtered
+        /// exactly once, and the round limit holds.
+        #[test]
+        fn refill_keeps_its_invariants(
+            k in 0u64..3,
+            gens in 1usize..3,
+            sync in proptest::bool::weighted(0.3),
+            max_rounds in 0u32..4,
+            round in 1usize..4,
+            vary in proptest::collection::btree_set(0u64..60, 0..30),
+        ) {
+            let mut cfg = common::config(gens, k);
+            cfg.sync = sync;
+            cfg.prompts_per_request = 1;
+            let vary: Vec<u64> = vary.into_iter().collect();
+            let (b, steps) = (2usize, 4u64);
+            let run = run_toy(
+                StageKind::Rlvr, cfg, steps, b, 60, &vary, dapo_rounds(max_rounds, round),
+            );
+            let r = &run.report;
+            let bound = if sync { 0 } else { k };
+            prop_assert!(r.max_staleness().unwrap_or(0) <= bound);
+            prop_assert!(r.steps_done >= 1 && r.steps_done <= steps);
+            for rec in &r.steps {
+                let s = rec.sampling.as_ref().unwrap();
+                prop_assert!(max_rounds == 0 || s.gen_batches <= max_rounds);
+                prop_assert!(s.kept_groups <= b);
+                prop_assert_eq!(s.short, s.kept_groups < b);
+                let batch = &run.batches[&rec.step];
+                let g = groups(batch);
+                if s.kept_groups > 0 {
+                    prop_assert_eq!(g.len(), s.kept_groups);
+                    for chunk in batch.chunks(4) {
+                        prop_assert!(chunk.iter().any(|x| x.accuracy != chunk[0].accuracy));
+                    }
+                } else {
+                    // skipped: the first round's constant groups
+                    prop_assert!(batch.iter().all(|x| x.accuracy == 0.0));
+                }
+                for x in batch {
+                    prop_assert!(x.version <= rec.step && rec.step - x.version <= bound);
+                }
+            }
+            let mut all: Vec<u64> = r.processed.keys().chain(r.filtered.keys()).copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..r.next_cursor as u64).collect::<Vec<_>>());
+            prop_assert!(r.processed.values().chain(r.filtered.values()).all(|&c| c == 1));
+            prop_assert_eq!(
+                r.gen_batches,
+                r.steps.iter().map(|s| u64::from(s.sampling.as_ref().unwrap().gen_batches)).sum::<u64>()
+            );
+        }
+    }
+}

@@ -658,8 +658,20 @@ pub struct RlvrConfig {
     pub resume_from: Option<PathBuf>,
     /// Consecutive non-finite steps after which the stage stops with an error.
     pub max_bad_steps_in_row: u64,
-    /// DAPO dynamic sampling: drop groups whose accuracy does not vary. Default: DAPO on.
+    /// DAPO dynamic sampling: drop groups whose accuracy does not vary and generate more
+    /// prompts with the same policy version until `prompts_per_step` varying groups are kept
+    /// (the surplus is trimmed). Default: DAPO on.
     pub dynamic_sampling: Option<bool>,
+    /// Generation rounds of `prompts_per_step` new prompts per step at most under dynamic
+    /// sampling (verl's `max_num_gen_batches`); 0 = unlimited. When the limit is reached with
+    /// fewer varying groups than `prompts_per_step`, the step trains on the kept ones (or, with
+    /// none, is skipped) and counts `dynamic_sampling_short`. Default 10; only valid with
+    /// dynamic sampling on.
+    pub max_gen_batches: Option<u32>,
+    /// Prompts per generation round under dynamic sampling (verl's `data.gen_batch_size`; the
+    /// paper's DAPO script draws 96 for 32 trained). Default `prompts_per_step`; only valid
+    /// with dynamic sampling on.
+    pub gen_batch_size: Option<usize>,
     /// DAPO overlong reward shaping. Default: DAPO on.
     pub overlong_buffer: Option<bool>,
     /// Length of the overlong penalty zone before `max_new_tokens` (DAPO 4096).
@@ -775,6 +787,9 @@ impl AlignConfig {
     }
 }
 
+/// verl DAPO's `max_num_gen_batches`: generation rounds per step at most under dynamic sampling.
+pub const DEFAULT_MAX_GEN_BATCHES: u32 = 10;
+
 impl Default for RlvrConfig {
     fn default() -> Self {
         RlvrConfig {
@@ -810,6 +825,8 @@ impl Default for RlvrConfig {
             resume_from: None,
             max_bad_steps_in_row: 5,
             dynamic_sampling: None,
+            max_gen_batches: None,
+            gen_batch_size: None,
             overlong_buffer: None,
             overlong_buffer_len: 4096,
             overlong_penalty_factor: 1.0,
@@ -867,6 +884,13 @@ impl RlvrConfig {
             self.dynamic_sampling.unwrap_or(dapo),
             self.overlong_buffer.unwrap_or(dapo),
         )
+    }
+
+    /// Generation rounds per step at most under dynamic sampling (0 = unlimited); `None` when
+    /// dynamic sampling is off.
+    pub fn resolved_max_gen_batches(&self) -> Option<u32> {
+        let (dynamic, _) = self.resolved_dapo();
+        dynamic.then(|| self.max_gen_batches.unwrap_or(DEFAULT_MAX_GEN_BATCHES))
     }
 
     /// Checks the options; `key(field)` names the field, errors are `(key, message)`.
@@ -972,7 +996,24 @@ impl RlvrConfig {
                 );
             }
         }
-        let (_, overlong) = self.resolved_dapo();
+        let (dynamic, overlong) = self.resolved_dapo();
+        for (k, v) in [
+            ("max_gen_batches", self.max_gen_batches.map(|m| m as usize)),
+            ("gen_batch_size", self.gen_batch_size),
+        ] {
+            if !dynamic && let Some(m) = v {
+                return err(
+                    k,
+                    format!(
+                        "is {m} but dynamic sampling is off: it needs algorithm = \"dapo\" or \
+                         dynamic_sampling = true"
+                    ),
+                );
+            }
+        }
+        if self.gen_batch_size == Some(0) {
+            return err("gen_batch_size", "must be at least 1 when set".into());
+        }
         if overlong {
             if self.overlong_buffer_len == 0 || self.overlong_buffer_len > self.max_new_tokens {
                 return err(

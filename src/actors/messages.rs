@@ -215,3 +215,22 @@ impl WeightsSnapshot {
         self.tensors.iter().map(|t| t.data.len()).sum()
     }
 }
+
+/// What DAPO dynamic sampling did for one step: the generation rounds it took, the groups it
+/// kept (trained), dropped (accuracy constant over the group) and trimmed (varying, but past
+/// the step's target), whether it fell short of the target, and the accuracy over everything
+/// generated (the step's reward metrics are over the kept samples only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingStats {
+    pub gen_batches: u32,
+    pub kept_groups: usize,
+    pub dropped_groups: usize,
+    pub surplus_groups: usize,
+    /// The round limit or the end of the prompts came first: fewer kept groups than the
+    /// target (none: the step is skipped by a filtering learner).
+    pub short: bool,
+    /// Rollouts generated over all rounds.
+    pub generated: usize,
+    /// Mean accuracy (0 when a sample has none) over all generated rollouts.
+    pub gen_accuracy: f64,
+}

@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 use super::RlOptions;
 use super::learner::{OPTIMIZER_PREFIX, SKIPPED_KEY};
 use crate::actors::coordinator::StepRecord;
-use crate::actors::messages::{DType, StageKind, WeightsSnapshot};
+use crate::actors::messages::{DType, SamplingStats, StageKind, WeightsSnapshot};
 use crate::actors::{CheckpointHook, CheckpointReason, StageCheckpoint};
 use crate::models::config::Qwen3VlConfig;
 use crate::models::weights::{DEFAULT_MAX_SHARD_BYTES, save_tensors};
@@ -102,6 +102,22 @@ fn snapshot_tensors(
                 .map_err(|e| format!("snapshot tensor {}: {e}", b.name))
         })
         .collect()
+}
+
+/// The metrics-log keys of a step's DAPO dynamic sampling: generation rounds, groups kept
+/// (trained), dropped (constant accuracy) and trimmed (past the target), whether the step fell
+/// short of `prompts_per_step` (0/1), and the accuracy over everything generated (`accuracy` and
+/// `reward_mean` are over the trained samples).
+pub fn dynamic_sampling_metrics(d: &SamplingStats) -> [(&'static str, f64); 7] {
+    [
+        ("gen_batches", f64::from(d.gen_batches)),
+        ("kept_groups", d.kept_groups as f64),
+        ("dropped_groups", d.dropped_groups as f64),
+        ("surplus_groups", d.surplus_groups as f64),
+        ("dynamic_sampling_short", f64::from(u8::from(d.short))),
+        ("generated_rollouts", d.generated as f64),
+        ("gen_accuracy", d.gen_accuracy),
+    ]
 }
 
 /// Whether a snapshot key is a model weight (not optimizer state or a counter).
@@ -278,6 +294,10 @@ impl RlCheckpointHook {
 impl CheckpointHook for RlCheckpointHook {
     fn checkpoint(&self, ckpt: &StageCheckpoint) -> std::result::Result<(), String> {
         let step = self.offset + ckpt.steps_done;
+        if ckpt.reason == CheckpointReason::Finished {
+            // the stage may end before its planned steps (dynamic sampling used the prompts up)
+            self.bar.lock().unwrap_or_else(|p| p.into_inner()).finish();
+        }
         let dir = match &ckpt.reason {
             CheckpointReason::Finished => self.final_dir(),
             // nothing new to keep when a run stops before its first step
@@ -298,6 +318,11 @@ impl CheckpointHook for RlCheckpointHook {
         metrics.insert("rollouts".into(), record.rollouts as f64);
         metrics.insert("max_staleness".into(), record.max_staleness as f64);
         metrics.insert("policy_version".into(), record.version as f64);
+        if let Some(d) = &record.sampling {
+            for (k, v) in dynamic_sampling_metrics(d) {
+                metrics.insert(k.into(), v);
+            }
+        }
         if let Some(s) = metrics.get("skipped_total") {
             self.skipped.store(*s as u64, Ordering::Relaxed);
         }

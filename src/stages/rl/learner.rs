@@ -7,7 +7,10 @@
 //! 2. advantages per uid group: GRPO outcome advantage ([`grpo_outcome_advantage`]) or PRISM's
 //!    multi-reward advantage ([`prism_multi_reward_advantage`]);
 //! 3. DAPO dynamic sampling (optional): groups whose accuracy does not vary are dropped; if none
-//!    is left the step is skipped (no update) and counted in `dynamic_sampling_skipped`;
+//!    is left the step is skipped (no update) and counted in `dynamic_sampling_skipped`. The
+//!    coordinator already refills each step with varying groups
+//!    ([`crate::actors::coordinator`], "Dynamic sampling"), so this drops something only when
+//!    its rounds ran out with none kept;
 //! 4. the kept rollouts are split into `mini_batches` mini-batches, each one AdamW update: a
 //!    forward of prompt + response (images included) per micro-batch of `micro_batch_size`
 //!    rollouts, the configured policy loss against the rollouts' *behaviour* log-probs (so from

@@ -33,12 +33,13 @@ pub use reward::SynthReward;
 use super::prompts::PromptStore;
 use super::{Result, StageContext, StageError, StageSummary};
 use crate::actors::config::{ActorsConfig, DeviceSpec};
+use crate::actors::coordinator::{DynamicSampling, StageOptions, run_stage_with};
 use crate::actors::engine::{
     EngineResult, Engines, LearnerEngine, LearnerFactory, PolicyEngine, PolicyFactory,
     RewardEngine, RewardFactory, ScorerFactory, TeacherFactory,
 };
 use crate::actors::messages::{PromptItem, SamplingParams, StageKind};
-use crate::actors::{StageSpec, run_stage_with_signals};
+use crate::actors::{StageSpec, shutdown_on_signals};
 use crate::algo::adamw::{AdamWConfig, LrSchedule};
 use crate::algo::advantage::{MultiRewardOptions, OverlongBuffer};
 use crate::algo::policy_loss::{Aggregation, Clip, KlEstimator, KlPenalty, PolicyLoss, RatioLevel};
@@ -70,8 +71,13 @@ pub struct RlOptions {
     /// Rollouts per forward/backward (gradient accumulation within a mini-batch); 0 = the
     /// whole mini-batch at once.
     pub micro_batch_size: usize,
-    /// DAPO dynamic sampling (drop groups of constant accuracy).
+    /// DAPO dynamic sampling (drop groups of constant accuracy, refill the step with new
+    /// prompts).
     pub dynamic_sampling: bool,
+    /// Generation rounds per step at most under dynamic sampling; 0 = unlimited.
+    pub max_gen_batches: u32,
+    /// Prompts per generation round under dynamic sampling.
+    pub gen_batch_size: usize,
     /// DAPO overlong shaping.
     pub overlong: Option<OverlongBuffer>,
     /// PRISM's multi-reward advantage (alignment only).
@@ -86,6 +92,16 @@ pub struct RlOptions {
 }
 
 impl RlOptions {
+    /// The coordinator's sampling options: dynamic sampling with its round limit, when on.
+    pub fn stage_options(&self) -> StageOptions {
+        StageOptions {
+            dynamic_sampling: self.dynamic_sampling.then_some(DynamicSampling {
+                max_gen_batches: self.max_gen_batches,
+                gen_batch_size: self.gen_batch_size,
+            }),
+        }
+    }
+
     /// Resolves an `rlvr` stage config (`run_seed` when it sets no seed of its own).
     pub fn from_rlvr(cfg: &RlvrConfig, run_seed: u64) -> Result<Self> {
         let (low, high, dual_clip, agg) = cfg.resolved_clip();
@@ -178,6 +194,10 @@ impl RlOptions {
             mini_batches: cfg.mini_batches,
             micro_batch_size: cfg.micro_batch_size,
             dynamic_sampling,
+            max_gen_batches: cfg
+                .resolved_max_gen_batches()
+                .unwrap_or(crate::config::DEFAULT_MAX_GEN_BATCHES),
+            gen_batch_size: cfg.gen_batch_size.unwrap_or(cfg.prompts_per_step),
             overlong,
             multi_reward: MultiRewardOptions::paper(),
             save_every: cfg.save_every,
@@ -270,6 +290,20 @@ pub fn run_actor_stage(
     actors: &ActorsConfig,
     align: Option<AlignBuilder>,
 ) -> Result<StageSummary> {
+    run_actor_stage_with_reward(opts, kind, ctx, input, actors, align, None)
+}
+
+/// [`run_actor_stage`] with another reward engine than the verifiable [`SynthReward`] (a
+/// custom verifier; tests use one whose accuracy they choose).
+pub fn run_actor_stage_with_reward(
+    opts: &RlOptions,
+    kind: StageKind,
+    ctx: &StageContext,
+    input: &Path,
+    actors: &ActorsConfig,
+    align: Option<AlignBuilder>,
+    reward: Option<RewardFactory>,
+) -> Result<StageSummary> {
     let started = Instant::now();
     let stage = ctx.name.clone();
     let invalid = |message: String| StageError::Invalid {
@@ -333,7 +367,7 @@ pub fn run_actor_stage(
         .as_ref()
         .map(|d| d.join(super::sft::OPTIMIZER_STATE));
     let extra = align.map(|build| build(&store, &items)).transpose()?;
-    let engines = qwen_engines(
+    let mut engines = qwen_engines(
         opts,
         store,
         weights_dir,
@@ -343,6 +377,9 @@ pub fn run_actor_stage(
         offset,
         extra,
     );
+    if let Some(r) = reward {
+        engines.reward = r;
+    }
     let hook = Arc::new(RlCheckpointHook::new(
         ctx,
         kind,
@@ -361,15 +398,21 @@ pub fn run_actor_stage(
         .enable_all()
         .build()
         .map_err(|e| invalid(format!("cannot start the tokio runtime: {e}")))?;
-    let report = runtime
-        .block_on(run_stage_with_signals(
+    let report = runtime.block_on(async {
+        let token = shutdown_on_signals()
+            .map_err(|e| invalid(format!("cannot install signal handlers: {e}")))?;
+        run_stage_with(
             actors,
             spec,
+            opts.stage_options(),
             engines,
             Arc::new(items),
             hook.clone(),
-        ))
-        .map_err(|e| invalid(e.to_string()))?;
+            token,
+        )
+        .await
+        .map_err(|e| invalid(e.to_string()))
+    })?;
     let steps = offset + report.steps_done;
     if report.interrupted {
         return Err(invalid(format!(
@@ -431,6 +474,14 @@ mod tests {
         let o = RlOptions::from_rlvr(&dapo, 0).unwrap();
         assert_eq!(o.loss, PolicyLoss::dapo());
         assert!(o.dynamic_sampling);
+        assert_eq!(o.max_gen_batches, 10);
+        assert_eq!(
+            o.stage_options().dynamic_sampling,
+            Some(DynamicSampling {
+                max_gen_batches: 10,
+                gen_batch_size: 32
+            })
+        );
         assert_eq!(o.overlong, Some(OverlongBuffer::dapo(8192)));
         let gspo = RlvrConfig {
             algorithm: RlAlgorithm::Gspo,
@@ -440,6 +491,7 @@ mod tests {
         };
         let o = RlOptions::from_rlvr(&gspo, 0).unwrap();
         assert_eq!(o.loss, PolicyLoss::gspo());
+        assert_eq!(o.stage_options(), StageOptions::default());
         // 5 % of 1500 steps × 2 updates
         assert_eq!(
             o.schedule,

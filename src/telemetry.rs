@@ -96,6 +96,13 @@ pub const ADVANTAGE_MEAN: &str = "prism_advantage_mean";
 pub const ADVANTAGE_STD: &str = "prism_advantage_std";
 pub const RESPONSE_LENGTH: &str = "prism_response_length_tokens";
 pub const TRAINED_TOKENS_TOTAL: &str = "prism_trained_tokens_total";
+/// DAPO dynamic sampling (per step): generation rounds, groups kept and dropped, accuracy over
+/// every generated rollout, and steps that trained short of `prompts_per_step` groups.
+pub const DS_GEN_BATCHES: &str = "prism_dynamic_sampling_gen_batches";
+pub const DS_KEPT_GROUPS: &str = "prism_dynamic_sampling_kept_groups";
+pub const DS_DROPPED_GROUPS: &str = "prism_dynamic_sampling_dropped_groups";
+pub const GEN_ACCURACY: &str = "prism_gen_accuracy_ratio";
+pub const DS_SHORT_STEPS_TOTAL: &str = "prism_dynamic_sampling_short_steps_total";
 
 /// Metrics-log key → gauge name, help text.
 pub const STEP_GAUGES: &[(&str, &str, &str)] = &[
@@ -189,6 +196,26 @@ pub const STEP_GAUGES: &[(&str, &str, &str)] = &[
         RESPONSE_LENGTH,
         "Mean response length of the last step",
     ),
+    (
+        "gen_batches",
+        DS_GEN_BATCHES,
+        "DAPO dynamic sampling: generation rounds of the last step",
+    ),
+    (
+        "kept_groups",
+        DS_KEPT_GROUPS,
+        "DAPO dynamic sampling: groups with varying accuracy kept for the last step",
+    ),
+    (
+        "dropped_groups",
+        DS_DROPPED_GROUPS,
+        "DAPO dynamic sampling: groups of constant accuracy dropped in the last step",
+    ),
+    (
+        "gen_accuracy",
+        GEN_ACCURACY,
+        "Accuracy over every rollout generated for the last step (before the DAPO filter)",
+    ),
 ];
 
 /// Exports one metrics-log record: each known key as its gauge (labels `stage`, `arm`), trained
@@ -207,6 +234,9 @@ pub fn record_step(stage: &str, arm: &str, values: &std::collections::BTreeMap<S
     }
     if let Some(t) = values.get("tokens").filter(|t| t.is_finite() && **t >= 0.0) {
         metrics::counter!(TRAINED_TOKENS_TOTAL, labels()).increment(*t as u64);
+    }
+    if values.get("dynamic_sampling_short") == Some(&1.0) {
+        metrics::counter!(DS_SHORT_STEPS_TOTAL, labels()).increment(1);
     }
 }
 
@@ -268,6 +298,11 @@ pub const ALL: &[&str] = &[
     ADVANTAGE_STD,
     RESPONSE_LENGTH,
     TRAINED_TOKENS_TOTAL,
+    DS_GEN_BATCHES,
+    DS_KEPT_GROUPS,
+    DS_DROPPED_GROUPS,
+    GEN_ACCURACY,
+    DS_SHORT_STEPS_TOTAL,
     TEACHER_SKIPPED_TOTAL,
     SERVE_REQUESTS_TOTAL,
     SERVE_PROMPT_TOKENS_TOTAL,
@@ -295,6 +330,11 @@ pub fn describe_all() {
         TRAINED_TOKENS_TOTAL,
         Unit::Count,
         "Response (RL) or target (SFT) tokens trained on"
+    );
+    describe_counter!(
+        DS_SHORT_STEPS_TOTAL,
+        Unit::Count,
+        "DAPO dynamic sampling: steps trained on fewer than prompts_per_step groups (round limit or end of prompts)"
     );
     describe_gauge!(
         ACTOR_BUSY_RATIO,

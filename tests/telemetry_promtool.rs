@@ -97,7 +97,8 @@ fn kinds() -> Vec<(&'static str, Kind, Labels)> {
     for (_, name, _) in telemetry::STEP_GAUGES {
         v.push((*name, Gauge, run.clone()));
     }
-    v.push((telemetry::TRAINED_TOKENS_TOTAL, Counter, run));
+    v.push((telemetry::TRAINED_TOKENS_TOTAL, Counter, run.clone()));
+    v.push((telemetry::DS_SHORT_STEPS_TOTAL, Counter, run));
     v
 }
 

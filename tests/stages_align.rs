@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use prism::actors::ActorsConfig;
 use prism::actors::messages::{ScoreItem, Segment, StageKind};
-use prism::config::{AlignConfig, RlvrConfig, RunConfig, SftConfig, WarmupConfig};
+use prism::config::{AlignConfig, RlvrConfig, RunConfig};
 use prism::data::ReadOptions;
 use prism::data::rl_parquet::{self, RlRecord};
 use prism::models::Qwen3Vl;
@@ -18,33 +18,22 @@ use prism::reward::format::split_text;
 use prism::stages::align::{expert_snapshot_file, run_align};
 use prism::stages::eval::{EvalOptions, generate_responses};
 use prism::stages::expert::{ExpertOptions, QwenScorer, expert_dirs};
-use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
 use prism::stages::prompts::PromptStore;
 use prism::stages::rl::read_trainer_state;
-use prism::stages::sft::run_sft;
-use prism::stages::warmup::run_warmup;
 use prism::stages::{StageContext, StageSummary};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-/// Synthetic data, a tiny policy SFT'd on the demonstrations, and experts warmed up from it,
-/// built once per test binary.
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PreparedData,
-    policy: PathBuf,
-    experts: PathBuf,
-}
+mod common;
 
 const SFT_STEPS: u64 = 150;
 const WARMUP_STEPS: u64 = 8;
 
-fn setup() -> &'static Setup {
-    static S: OnceLock<Setup> = OnceLock::new();
+/// Synthetic data, a tiny policy SFT'd on the demonstrations, and experts warmed up from it,
+/// built once per test binary.
+fn setup() -> &'static common::TrainedSetup {
+    static S: OnceLock<common::TrainedSetup> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
         let text = r#"
 [data.synth]
 train = 64
@@ -58,76 +47,20 @@ image_max_pixels = 4096
 [[stages]]
 kind = "sft"
 "#;
-        let cfg = RunConfig::from_toml_str(text, Path::new("setup.toml"), &[]).unwrap();
-        let data = prepare_data(&cfg, &root).unwrap();
-        let init = build_tiny_policy(
-            cfg.policy.tiny.as_ref().unwrap(),
-            &data,
-            &root.join("init"),
-            0,
-        )
-        .unwrap();
-        let mut s = Setup {
-            _dir: dir,
-            root,
-            data,
-            policy: PathBuf::new(),
-            experts: PathBuf::new(),
-        };
-        let sft = SftConfig {
-            name: Some("sft".into()),
-            steps: SFT_STEPS,
-            batch_size: 8,
-            lr: 3e-3,
-            warmup_ratio: 0.05,
-            max_length: 1024,
-            ..SftConfig::default()
-        };
-        let t = std::time::Instant::now();
-        s.policy = run_sft(&sft, &ctx_in(&s, "setup", "sft", 0), &init)
-            .unwrap()
-            .output;
-        eprintln!(
-            "setup: SFT {SFT_STEPS} steps in {:.1}s",
-            t.elapsed().as_secs_f64()
-        );
-        let warm = WarmupConfig {
-            name: Some("warmup".into()),
-            steps: WARMUP_STEPS,
-            batch_size: 6,
-            eval_pairs: 0,
-            expert: ExpertOptions {
-                lr: 3e-3,
-                ..ExpertOptions::default()
-            },
-            ..WarmupConfig::default()
-        };
-        let t = std::time::Instant::now();
-        s.experts = run_warmup(&warm, &ctx_in(&s, "setup", "warmup", 0), &s.policy)
-            .unwrap()
-            .experts
-            .unwrap();
-        eprintln!(
-            "setup: warm-up {WARMUP_STEPS} steps in {:.1}s",
-            t.elapsed().as_secs_f64()
-        );
-        s
+        common::trained_setup(text, SFT_STEPS, WARMUP_STEPS)
     })
 }
 
-fn ctx_in(s: &Setup, run: &str, name: &str, seed: u64) -> StageContext {
-    StageContext {
-        eval_file: None,
-        ..StageContext::new(s.root.join(run), name, &s.data, seed)
-    }
+/// The context of the align stage of run `run`, without experts.
+fn ctx_in(run: &str, seed: u64) -> StageContext {
+    setup().tiny.ctx(run, "align", seed)
 }
 
 /// A stage context whose experts are the warmed-up ones (as the pipeline passes them).
 fn ctx(run: &str, seed: u64) -> StageContext {
-    let s = setup();
     StageContext {
-        experts: Some(s.experts.clone()),
-        ..ctx_in(s, run, "align", seed)
+        experts: Some(setup().experts.clone()),
+        ..ctx_in(run, seed)
     }
 }
 
@@ -261,7 +194,7 @@ fn align_writes_the_policy_the_experts_and_the_expert_metrics() {
 #[test]
 fn align_without_experts_names_experts_path() {
     let s = setup();
-    let c = ctx_in(s, "no-experts", "align", 1);
+    let c = ctx_in("no-experts", 1);
     let err = run_align(&align_cfg(1, 1, 2), &c, &s.policy, &sync_actors())
         .unwrap_err()
         .to_string();
@@ -272,7 +205,7 @@ fn align_without_experts_names_experts_path() {
 #[test]
 fn a_missing_teacher_demonstration_is_a_setup_error_naming_file_and_row() {
     let s = setup();
-    let good = s.data.rl_train.as_ref().unwrap();
+    let good = s.tiny.data.rl_train.as_ref().unwrap();
     let mut records: Vec<RlRecord> = rl_parquet::read(good, ReadOptions::default())
         .unwrap()
         .records;
@@ -382,7 +315,7 @@ struct Judge {
 impl Judge {
     fn new(experts: &Path) -> Judge {
         let s = setup();
-        let file = s.data.rl_eval.clone().unwrap();
+        let file = s.tiny.data.rl_eval.clone().unwrap();
         let proc = Processor::from_dir(&s.policy).unwrap();
         let store = Arc::new(PromptStore::load(&proc, &file, Some(HELD_OUT)).unwrap());
         let records: Vec<RlRecord> = store.entries().iter().map(|e| e.record.clone()).collect();

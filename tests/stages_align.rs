@@ -1,16 +1,19 @@
 //! The `align` stage (PRISM alignment) on the tiny synthetic task: its outputs (aligned policy,
 //! aligned experts, per-step expert metrics), its setup errors, exact resume of the policy and
 //! of both experts, and the trend of issue 5 judged by a frozen copy of the warmed-up experts:
-//! alignment brings the student's reasoning closer to the teacher's.
+//! alignment brings the student's reasoning and captions closer to the teacher's.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use prism::actors::ActorsConfig;
 use prism::actors::messages::{ScoreItem, Segment, StageKind};
-use prism::config::{AlignConfig, RlvrConfig, RunConfig, SftConfig, WarmupConfig};
+use prism::config::{AlignConfig, RlvrConfig, RunConfig};
 use prism::data::ReadOptions;
 use prism::data::rl_parquet::{self, RlRecord};
+use prism::data::synth::classify::extract_caption;
+use prism::data::synth::demo::{dense_caption, sparse_caption};
+use prism::data::synth::scene::{Colour, Scene};
 use prism::models::Qwen3Vl;
 use prism::models::generation::Sampling;
 use prism::models::processor::Processor;
@@ -18,33 +21,22 @@ use prism::reward::format::split_text;
 use prism::stages::align::{expert_snapshot_file, run_align};
 use prism::stages::eval::{EvalOptions, generate_responses};
 use prism::stages::expert::{ExpertOptions, QwenScorer, expert_dirs};
-use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
 use prism::stages::prompts::PromptStore;
 use prism::stages::rl::read_trainer_state;
-use prism::stages::sft::run_sft;
-use prism::stages::warmup::run_warmup;
 use prism::stages::{StageContext, StageSummary};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-/// Synthetic data, a tiny policy SFT'd on the demonstrations, and experts warmed up from it,
-/// built once per test binary.
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PreparedData,
-    policy: PathBuf,
-    experts: PathBuf,
-}
+mod common;
 
 const SFT_STEPS: u64 = 150;
 const WARMUP_STEPS: u64 = 8;
 
-fn setup() -> &'static Setup {
-    static S: OnceLock<Setup> = OnceLock::new();
+/// Synthetic data, a tiny policy SFT'd on the demonstrations, and experts warmed up from it,
+/// built once per test binary.
+fn setup() -> &'static common::TrainedSetup {
+    static S: OnceLock<common::TrainedSetup> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
         let text = r#"
 [data.synth]
 train = 64
@@ -58,76 +50,20 @@ image_max_pixels = 4096
 [[stages]]
 kind = "sft"
 "#;
-        let cfg = RunConfig::from_toml_str(text, Path::new("setup.toml"), &[]).unwrap();
-        let data = prepare_data(&cfg, &root).unwrap();
-        let init = build_tiny_policy(
-            cfg.policy.tiny.as_ref().unwrap(),
-            &data,
-            &root.join("init"),
-            0,
-        )
-        .unwrap();
-        let mut s = Setup {
-            _dir: dir,
-            root,
-            data,
-            policy: PathBuf::new(),
-            experts: PathBuf::new(),
-        };
-        let sft = SftConfig {
-            name: Some("sft".into()),
-            steps: SFT_STEPS,
-            batch_size: 8,
-            lr: 3e-3,
-            warmup_ratio: 0.05,
-            max_length: 1024,
-            ..SftConfig::default()
-        };
-        let t = std::time::Instant::now();
-        s.policy = run_sft(&sft, &ctx_in(&s, "setup", "sft", 0), &init)
-            .unwrap()
-            .output;
-        eprintln!(
-            "setup: SFT {SFT_STEPS} steps in {:.1}s",
-            t.elapsed().as_secs_f64()
-        );
-        let warm = WarmupConfig {
-            name: Some("warmup".into()),
-            steps: WARMUP_STEPS,
-            batch_size: 6,
-            eval_pairs: 0,
-            expert: ExpertOptions {
-                lr: 3e-3,
-                ..ExpertOptions::default()
-            },
-            ..WarmupConfig::default()
-        };
-        let t = std::time::Instant::now();
-        s.experts = run_warmup(&warm, &ctx_in(&s, "setup", "warmup", 0), &s.policy)
-            .unwrap()
-            .experts
-            .unwrap();
-        eprintln!(
-            "setup: warm-up {WARMUP_STEPS} steps in {:.1}s",
-            t.elapsed().as_secs_f64()
-        );
-        s
+        common::trained_setup(text, SFT_STEPS, WARMUP_STEPS)
     })
 }
 
-fn ctx_in(s: &Setup, run: &str, name: &str, seed: u64) -> StageContext {
-    StageContext {
-        eval_file: None,
-        ..StageContext::new(s.root.join(run), name, &s.data, seed)
-    }
+/// The context of the align stage of run `run`, without experts.
+fn ctx_in(run: &str, seed: u64) -> StageContext {
+    setup().tiny.ctx(run, "align", seed)
 }
 
 /// A stage context whose experts are the warmed-up ones (as the pipeline passes them).
 fn ctx(run: &str, seed: u64) -> StageContext {
-    let s = setup();
     StageContext {
-        experts: Some(s.experts.clone()),
-        ..ctx_in(s, run, "align", seed)
+        experts: Some(setup().experts.clone()),
+        ..ctx_in(run, seed)
     }
 }
 
@@ -261,7 +197,7 @@ fn align_writes_the_policy_the_experts_and_the_expert_metrics() {
 #[test]
 fn align_without_experts_names_experts_path() {
     let s = setup();
-    let c = ctx_in(s, "no-experts", "align", 1);
+    let c = ctx_in("no-experts", 1);
     let err = run_align(&align_cfg(1, 1, 2), &c, &s.policy, &sync_actors())
         .unwrap_err()
         .to_string();
@@ -272,7 +208,7 @@ fn align_without_experts_names_experts_path() {
 #[test]
 fn a_missing_teacher_demonstration_is_a_setup_error_naming_file_and_row() {
     let s = setup();
-    let good = s.data.rl_train.as_ref().unwrap();
+    let good = s.tiny.data.rl_train.as_ref().unwrap();
     let mut records: Vec<RlRecord> = rl_parquet::read(good, ReadOptions::default())
         .unwrap()
         .records;
@@ -368,8 +304,10 @@ fn resumed_alignment_ends_with_the_policy_and_experts_of_an_uninterrupted_one() 
 
 /// Held-out prompts for the trend test (the eval split, never trained on).
 const HELD_OUT: usize = 16;
-/// Sampled answers per held-out prompt.
-const ANSWERS: usize = 4;
+/// Sampled answers per held-out prompt: 256 in all, so that "before" rests on enough answers
+/// (with 64, the SFT'd policy gave 4 format-valid ones and a caption gap of 0.08, against 0.40
+/// over the 26 format-valid answers of 256: the old baseline was noise).
+const ANSWERS: usize = 16;
 
 /// The judge: the warmed-up experts, loaded once and never trained.
 struct Judge {
@@ -379,10 +317,24 @@ struct Judge {
     file: PathBuf,
 }
 
+/// What the judge makes of one policy's sampled answers on the held-out prompts.
+struct Judged {
+    /// Teacher − student caption score of every answer holding a `<caption>…</caption>` block
+    /// (format-valid or not: nearly all answers, so the population hardly depends on the
+    /// policy's format-valid rate).
+    caption: Vec<f64>,
+    /// Teacher − student reasoning score of every format-valid answer.
+    reasoning: Vec<f64>,
+    /// Format-valid answers.
+    valid: usize,
+    /// Fraction of the caption pairs the judge orders teacher ≻ student.
+    caption_pair_acc: f64,
+}
+
 impl Judge {
     fn new(experts: &Path) -> Judge {
         let s = setup();
-        let file = s.data.rl_eval.clone().unwrap();
+        let file = s.tiny.data.rl_eval.clone().unwrap();
         let proc = Processor::from_dir(&s.policy).unwrap();
         let store = Arc::new(PromptStore::load(&proc, &file, Some(HELD_OUT)).unwrap());
         let records: Vec<RlRecord> = store.entries().iter().map(|e| e.record.clone()).collect();
@@ -405,13 +357,13 @@ impl Judge {
         }
     }
 
-    /// Greedy answers of `policy` on the held-out prompts, judged: per-prompt teacher−student
-    /// score gaps of the format-valid answers (caption, reasoning) and the valid count.
-    fn gaps(&mut self, policy: &Path) -> (Vec<f64>, Vec<f64>, usize) {
+    /// `ANSWERS` sampled answers of `policy` per held-out prompt (a fixed seed, so before and
+    /// after see the same sampling streams), judged against the teacher's segments.
+    fn judge(&mut self, policy: &Path) -> Judged {
         let model = Qwen3Vl::load(policy, Device::Cpu, Kind::Float).unwrap();
         let proc = Processor::from_dir(policy).unwrap();
         let opts = EvalOptions {
-            batch_size: HELD_OUT * ANSWERS,
+            batch_size: 64,
             max_new_tokens: 128,
             sampling: Sampling::Sample {
                 temperature: 1.0,
@@ -421,8 +373,6 @@ impl Judge {
             seed: 1234,
             ..EvalOptions::default()
         };
-        // ANSWERS sampled answers per prompt (the tiny policy's greedy answer is rarely
-        // format-valid); a fixed seed, so before and after see the same sampling streams
         let records: Vec<RlRecord> = (0..ANSWERS)
             .flat_map(|_| self.records.iter().cloned())
             .collect();
@@ -437,24 +387,98 @@ impl Judge {
         let (mut caps, mut cots) = (Vec::new(), Vec::new());
         for (i, ((text, _), rec)) in out.iter().zip(&records).enumerate() {
             let uid = i % HELD_OUT;
-            let Some(split) = split_text(text) else {
-                continue;
-            };
-            caps.push(item(uid, rec.teacher_caption.as_deref().unwrap()));
-            caps.push(item(uid, split.caption));
-            cots.push(item(uid, rec.teacher_cot.as_deref().unwrap()));
-            cots.push(item(uid, split.cot));
+            // the first caption block, as the format rule or (invalid answers) a loose match
+            // finds it, scored with its tags like the teacher's column
+            if let Some(body) = extract_caption(text) {
+                caps.push(item(uid, rec.teacher_caption.as_deref().unwrap()));
+                caps.push(item(uid, &format!("<caption>{body}</caption>")));
+            }
+            if let Some(split) = split_text(text) {
+                cots.push(item(uid, rec.teacher_cot.as_deref().unwrap()));
+                cots.push(item(uid, split.cot));
+            }
         }
-        let pc = self.perception.scores(&caps).unwrap();
-        let rc = self.reasoning.scores(&cots).unwrap();
-        let gap = |s: &[f32]| -> Vec<f64> {
+        let gap = |s: Vec<f32>| -> Vec<f64> {
             s.chunks(2)
                 .map(|p| f64::from(p[0]) - f64::from(p[1]))
                 .collect()
         };
-        let valid = caps.len() / 2;
-        (gap(&pc), gap(&rc), valid)
+        let caption = gap(self.perception.scores(&caps).unwrap());
+        let reasoning = gap(self.reasoning.scores(&cots).unwrap());
+        let ordered = caption.iter().filter(|&&g| g > 0.0).count();
+        Judged {
+            caption_pair_acc: ordered as f64 / caption.len().max(1) as f64,
+            valid: reasoning.len(),
+            caption,
+            reasoning,
+        }
     }
+}
+
+/// The frozen judge's perception expert on held-out scenes: it must order the teacher's
+/// dense caption above the public source's one-line caption of the same scene and above the
+/// dense caption with the last object left out. Whether it notices one colour changed is
+/// printed, not asserted: measured 9/16 (mean margin −0.01), it ranks captions by form more
+/// than by content, a limit of the warm-up pairs (teacher dense vs public one-line captions).
+#[test]
+fn the_warmed_up_perception_expert_prefers_complete_teacher_captions_on_held_out_scenes() {
+    let mut judge = Judge::new(&setup().experts);
+    let probes: Vec<(usize, [String; 4])> = judge
+        .records
+        .iter()
+        .enumerate()
+        .map(|(uid, rec)| {
+            let scene = Scene::from_json(rec.scene.as_deref().unwrap()).unwrap();
+            let teacher = rec.teacher_caption.clone().unwrap();
+            assert_eq!(
+                teacher,
+                dense_caption(&scene),
+                "the teacher column is the dense caption"
+            );
+            let mut missing = scene.clone();
+            missing.objects.pop();
+            let mut recoloured = scene.clone();
+            if let Some(o) = recoloured.objects.first_mut() {
+                let i = Colour::ALL.iter().position(|c| *c == o.colour).unwrap();
+                o.colour = Colour::ALL[(i + 1) % Colour::ALL.len()];
+            }
+            let alts = [
+                teacher,
+                sparse_caption(&scene),
+                dense_caption(&missing),
+                dense_caption(&recoloured),
+            ];
+            (uid, alts)
+        })
+        .collect();
+    let items: Vec<ScoreItem> = probes
+        .iter()
+        .flat_map(|(uid, alts)| {
+            alts.iter().map(|t| ScoreItem {
+                prompt_uid: *uid as u64,
+                segment: Segment {
+                    tokens: Vec::new(),
+                    text: t.clone(),
+                },
+            })
+        })
+        .collect();
+    let scores = judge.perception.scores(&items).unwrap();
+    let preferred = |k: usize| scores.chunks(4).filter(|s| s[0] > s[k]).count();
+    let n = probes.len();
+    let (public, missing, recoloured) = (preferred(1), preferred(2), preferred(3));
+    eprintln!(
+        "perception judge on {n} held-out scenes: teacher ≻ public caption {public}, ≻ missing \
+         object {missing}, ≻ one colour changed {recoloured}"
+    );
+    assert!(
+        4 * public >= 3 * n,
+        "teacher ≻ public caption on {public} of {n}"
+    );
+    assert!(
+        4 * missing >= 3 * n,
+        "teacher ≻ a missing object on {missing} of {n}"
+    );
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -465,26 +489,68 @@ fn mean(xs: &[f64]) -> f64 {
     }
 }
 
-const TREND_STEPS: u64 = 12;
+// Measured (this set-up: SFT 150 steps, warm-up 8 steps, 16 align steps of 4×8 rollouts at
+// policy lr 2e-4 and expert lr 1e-5; 256 judged answers; runs are deterministic, so a rerun
+// prints these numbers):
+//   before: 212 of 256 answers with a caption block, 26 format-valid; caption gap 0.655 (the
+//   judge orders 0.759 of the caption pairs teacher ≻ student), reasoning gap 0.473
+//   seed 1: valid 26 → 75, caption blocks 212 → 225, caption gap shrinks 0.050, reasoning 0.162
+//   seed 2: valid 26 → 67, caption blocks 212 → 207, caption gap shrinks 0.323, reasoning 0.226
+//   seed 3: valid 26 → 65, caption blocks 212 → 228, caption gap shrinks 0.253, reasoning 0.412
+//   mean shrink: caption 0.209 (seed-to-seed sd 0.14; standard error of one gap ≈ 0.06),
+//   reasoning 0.267.
+// With 12 align steps (the former set-up), over 128 judged answers the caption gap moved by
+// −0.10, +0.21, +0.09 and the reasoning gap by −0.03, +0.17, +0.23: no reliable trend. The
+// caption score reaches the advantage late: in groups of 8 answers of the SFT'd policy only 1
+// prompt of 16 has ≥ 2 format-valid ones, and the part of the mode-1 advantage that caption
+// scores move (valid answers' captions set to their group mean vs not) has sd 0.004 against
+// 1.03 for the whole (the format penalty); after 16 steps 8–14 prompts of 16, sd 0.13–0.24
+// among valid answers. The frozen perception expert ranks captions by form more than content:
+// on held-out scenes it orders the teacher's dense caption above the public one-line caption
+// 16/16, above the same caption missing an object 15/16, but above it with one colour changed
+// only 9/16 (mean margin −0.01); no sampled caption of the tiny policy states its scene
+// correctly, before or after.
+const TREND_SEEDS: [u64; 3] = [1, 2, 3];
+/// One pass over the 64 training prompts, 4 per step (the stage stops when they run out).
+const TREND_STEPS: u64 = 16;
+const TREND_POLICY_LR: f64 = 2e-4;
+const TREND_EXPERT_LR: f64 = 1e-5;
+/// Minimum mean shrink of the reasoning gap over the seeds (measured 0.267).
+const REASONING_MARGIN: f64 = 0.1;
+/// Minimum mean shrink of the caption gap over the seeds (measured 0.209).
+const CAPTION_MARGIN: f64 = 0.1;
 
 /// Issue 5: after alignment the student's segments score closer to the teacher's, as judged by
 /// the warmed-up experts frozen before alignment (so a drifting expert cannot fake it). The
 /// judge scores sampled answers (fixed seed) of the policy before and after on held-out
-/// prompts; only format-valid answers have segments, and their count must not collapse under
-/// the format penalty. The aligned experts train with a small lr, so the policy's reward stays
-/// close to the judge's.
+/// prompts: the caption of every answer that has a caption block, the reasoning of the
+/// format-valid ones (whose count must not collapse under the format penalty). The aligned
+/// experts train with a small lr, so the policy's reward stays close to the judge's.
 #[test]
 fn alignment_brings_student_segments_closer_to_the_teacher_under_a_frozen_judge() {
     let s = setup();
     let mut judge = Judge::new(&s.experts);
-    let (cap0, cot0, valid0) = judge.gaps(&s.policy);
+    let n = HELD_OUT * ANSWERS;
+    let before = judge.judge(&s.policy);
+    let (cap0, cot0) = (mean(&before.caption), mean(&before.reasoning));
     eprintln!(
-        "trend: before: valid {valid0}/{}; caption gap {:.4}; reasoning gap {:.4}",
-        HELD_OUT * ANSWERS,
-        mean(&cap0),
-        mean(&cot0)
+        "trend: before: {} of {n} answers with a caption block, {} format-valid; caption gap \
+         {cap0:.4} (judge orders {:.3} of the pairs teacher ≻ student); reasoning gap {cot0:.4}",
+        before.caption.len(),
+        before.valid,
+        before.caption_pair_acc
     );
-    assert!(valid0 > 0, "the SFT'd policy gives no format-valid answer");
+    assert!(
+        before.valid > 0,
+        "the SFT'd policy gives no format-valid answer"
+    );
+    // the caption reward is a signal, not noise: the frozen judge tells the teacher's captions
+    // from the SFT'd student's on held-out prompts
+    assert!(
+        before.caption_pair_acc >= 0.65,
+        "the warmed-up perception expert orders only {:.3} of the held-out caption pairs",
+        before.caption_pair_acc
+    );
     let mut shrink = Vec::new();
     for seed in TREND_SEEDS {
         let mut cfg = align_cfg(TREND_STEPS, 4, 8);
@@ -495,35 +561,49 @@ fn alignment_brings_student_segments_closer_to_the_teacher_under_a_frozen_judge(
         let t = std::time::Instant::now();
         let sum = run_align(&cfg, &c, &s.policy, &sync_actors()).unwrap();
         let secs = t.elapsed().as_secs_f64();
-        let (cap1, cot1, valid1) = judge.gaps(&sum.output);
+        let after = judge.judge(&sum.output);
+        let (cap1, cot1) = (mean(&after.caption), mean(&after.reasoning));
         let valid_rates: Vec<f64> = metrics(&c.run_dir)
             .iter()
             .map(|r| r["metrics"]["format_valid_rate"].as_f64().unwrap())
             .collect();
-        let (d_cap, d_cot) = (mean(&cap0) - mean(&cap1), mean(&cot0) - mean(&cot1));
+        assert_eq!(
+            valid_rates.len() as u64,
+            TREND_STEPS,
+            "seed {seed}: steps run"
+        );
+        let (d_cap, d_cot) = (cap0 - cap1, cot0 - cot1);
         eprintln!(
-            "trend: seed {seed}: align {TREND_STEPS} steps in {secs:.1}s; valid {valid0} → \
-             {valid1}; caption gap {:.4} → {:.4} (shrinks {d_cap:.4}); reasoning gap {:.4} → \
-             {:.4} (shrinks {d_cot:.4}); rollout valid rates {valid_rates:?}",
-            mean(&cap0),
-            mean(&cap1),
-            mean(&cot0),
-            mean(&cot1)
+            "trend: seed {seed}: align {TREND_STEPS} steps in {secs:.1}s; format-valid {} → {}; \
+             caption blocks {} → {}; caption gap {cap0:.4} → {cap1:.4} (shrinks {d_cap:.4}); \
+             reasoning gap {cot0:.4} → {cot1:.4} (shrinks {d_cot:.4}); rollout valid rates \
+             {valid_rates:?}",
+            before.valid,
+            after.valid,
+            before.caption.len(),
+            after.caption.len()
         );
         // the format penalty must not trade the valid answers away
         assert!(
-            2 * valid1 >= valid0,
-            "seed {seed}: format-valid answers collapsed {valid0} → {valid1}"
+            2 * after.valid >= before.valid,
+            "seed {seed}: format-valid answers collapsed {} → {}",
+            before.valid,
+            after.valid
         );
+        // the caption population stays (nearly) the whole sample: no selection effect
+        for (when, j) in [("before", &before), ("after", &after)] {
+            assert!(
+                4 * j.caption.len() >= 3 * n,
+                "seed {seed}: only {} of {n} answers {when} alignment have a caption block",
+                j.caption.len()
+            );
+        }
         shrink.push((d_cap, d_cot));
     }
     let cap = mean(&shrink.iter().map(|s| s.0).collect::<Vec<_>>());
     let cot = mean(&shrink.iter().map(|s| s.1).collect::<Vec<_>>());
     eprintln!("trend: mean shrink over seeds: caption {cap:.4}, reasoning {cot:.4}");
-    // Measured (3 seeds, SFT 150 steps, 12 align steps of 4×8 rollouts, policy lr 2e-4, expert
-    // lr 1e-5): the reasoning gap shrank by 0.068, 0.286, 0.291 (mean 0.215); the caption gap
-    // widened (−0.35, −0.08, −0.28), the newly format-valid answers (4 → 14..20 of 64) bringing
-    // weaker captions. The assertion is on the reasoning gap, which is what shrinks here.
+    // Measured: see the notes above the constants.
     for (seed, (_, d_cot)) in TREND_SEEDS.iter().zip(&shrink) {
         assert!(
             *d_cot > 0.0,
@@ -532,14 +612,14 @@ fn alignment_brings_student_segments_closer_to_the_teacher_under_a_frozen_judge(
         );
     }
     assert!(
-        cot > TREND_MARGIN,
-        "the teacher−student reasoning gap shrank only {cot:.4} on average, caption {cap:.4} \
-         ({shrink:?})"
+        cot > REASONING_MARGIN,
+        "the teacher−student reasoning gap shrank only {cot:.4} on average ({shrink:?})"
+    );
+    let caption_shrank = shrink.iter().filter(|s| s.0 > 0.0).count();
+    assert!(
+        caption_shrank >= 2 && cap > CAPTION_MARGIN,
+        "the teacher−student caption gap shrank on {caption_shrank} of {} seeds, by {cap:.4} on \
+         average ({shrink:?})",
+        TREND_SEEDS.len()
     );
 }
-
-const TREND_SEEDS: [u64; 3] = [1, 2, 3];
-const TREND_POLICY_LR: f64 = 2e-4;
-const TREND_EXPERT_LR: f64 = 1e-5;
-/// Minimum mean shrink of the reasoning gap over the seeds (measured mean 0.215).
-const TREND_MARGIN: f64 = 0.1;

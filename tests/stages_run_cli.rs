@@ -1,32 +1,32 @@
 //! `prism run configs/sft-tiny.toml` end to end from the binary, into a temp run directory.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use prism::algo::adamw::{AdamW, AdamWConfig};
 use prism::models::Qwen3Vl;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+/// `prism run configs/sft-tiny.toml --out <out> --set <s>…` from the crate root, quietly.
+fn prism_run(out: &Path, sets: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prism"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "configs/sft-tiny.toml", "--out"])
+        .arg(out)
+        .env("RUST_LOG", "warn");
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn prism_run_sft_tiny_writes_a_loadable_checkpoint_and_metrics() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     // the shipped config, shortened so the test stays light
-    let res = Command::new(env!("CARGO_BIN_EXE_prism"))
-        .current_dir(root)
-        .args(["run", "configs/sft-tiny.toml", "--out"])
-        .arg(&out)
-        .args([
-            "--set",
-            "stages.0.steps=6",
-            "--set",
-            "stages.0.eval_every=3",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let res = prism_run(&out, &["stages.0.steps=6", "stages.0.eval_every=3"]);
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(
         res.status.success(),
@@ -70,15 +70,8 @@ fn prism_run_sft_tiny_writes_a_loadable_checkpoint_and_metrics() {
 
 #[test]
 fn prism_run_rejects_an_unknown_stage_kind_naming_it() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_prism"))
-        .current_dir(root)
-        .args(["run", "configs/sft-tiny.toml", "--out"])
-        .arg(tmp.path())
-        .args(["--set", "stages.0.kind=dpo"])
-        .output()
-        .unwrap();
+    let res = prism_run(tmp.path(), &["stages.0.kind=dpo"]);
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(
@@ -94,15 +87,8 @@ fn prism_run_names_a_missing_cuda_device() {
     if tch::Cuda::device_count() > 7 {
         return; // the machine really has a cuda:7
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_prism"))
-        .current_dir(root)
-        .args(["run", "configs/sft-tiny.toml", "--out"])
-        .arg(tmp.path())
-        .args(["--set", "run.device=cuda:7"])
-        .output()
-        .unwrap();
+    let res = prism_run(tmp.path(), &["run.device=cuda:7"]);
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use prism::actors::ScorerEngine;
 use prism::actors::config::DeviceSpec;
 use prism::actors::messages::{BtPair, ScoreItem, Segment};
-use prism::config::{ExpertLayout, RunConfig, WarmupConfig};
+use prism::config::{ExpertLayout, RunConfig};
 use prism::data::ReadOptions;
 use prism::data::warmup::{self, WarmupPair};
 use prism::models::{ModelInputs, Qwen3Vl};
@@ -19,18 +19,17 @@ use prism::stages::expert::{
     ExpertOptions, PromptContexts, QwenScorer, TinyExpertOptions, build_tiny_expert, expert_dirs,
     scorer_factory,
 };
-use prism::stages::pipeline::{PreparedData, build_tiny_policy, prepare_data};
 use prism::stages::prompts::PromptStore;
 use prism::stages::warmup::{WarmupPrompts, caption_pair, reasoning_pair, run_warmup};
 use prism::stages::{StageContext, StageError};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 /// Synthetic data, a tiny policy and a dense and a MoE tiny expert, built once per binary.
 struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PreparedData,
+    tiny: common::TinySetup,
     policy: PathBuf,
     dense: PathBuf,
     moe: PathBuf,
@@ -40,8 +39,6 @@ struct Setup {
 fn setup() -> &'static Setup {
     static S: OnceLock<Setup> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
         let text = r#"
 [data.synth]
 train = 64
@@ -54,15 +51,8 @@ reasoning_error_rate = 0.3
 [[stages]]
 kind = "sft"
 "#;
-        let cfg = RunConfig::from_toml_str(text, Path::new("setup.toml"), &[]).unwrap();
-        let data = prepare_data(&cfg, &root).unwrap();
-        let policy = build_tiny_policy(
-            cfg.policy.tiny.as_ref().unwrap(),
-            &data,
-            &root.join("policy"),
-            0,
-        )
-        .unwrap();
+        let tiny = common::tiny_setup(text, "policy");
+        let (root, policy) = (tiny.root.clone(), tiny.init.clone());
         let dense = build_tiny_expert(
             &policy,
             &root.join("dense"),
@@ -76,13 +66,11 @@ kind = "sft"
             ..TinyExpertOptions::default()
         };
         let moe = build_tiny_expert(&policy, &root.join("moe"), &moe_opts, 1).unwrap();
-        let pairs = warmup::read(data.warmup.as_ref().unwrap(), ReadOptions::default())
+        let pairs = warmup::read(tiny.data.warmup.as_ref().unwrap(), ReadOptions::default())
             .unwrap()
             .records;
         Setup {
-            _dir: dir,
-            root,
-            data,
+            tiny,
             policy,
             dense,
             moe,
@@ -93,7 +81,7 @@ kind = "sft"
 
 fn contexts() -> Arc<WarmupPrompts> {
     let s = setup();
-    Arc::new(WarmupPrompts::from_pairs(&s.pairs, s.data.warmup.as_ref().unwrap()).unwrap())
+    Arc::new(WarmupPrompts::from_pairs(&s.pairs, s.tiny.data.warmup.as_ref().unwrap()).unwrap())
 }
 
 fn scorer(dir: &Path, opts: &ExpertOptions) -> QwenScorer {
@@ -367,7 +355,7 @@ fn the_moe_expert_trains_with_the_load_balancing_loss_and_saves_loadably() {
     // Switch loss of top-2 of 4 experts: ≥ k (= 2) at perfect balance, ≤ E·k
     assert!(lb.iter().all(|&x| (1.9..=8.0).contains(&x)), "{lb:?}");
     assert!(bt_loss(&e.pair_scores(&pairs).unwrap()) < bt_loss(&before));
-    let out = s.root.join("moe-saved");
+    let out = s.tiny.root.join("moe-saved");
     e.save(&out, &s.moe).unwrap();
     let back = Qwen3Vl::load(&out, Device::Cpu, Kind::Float).unwrap();
     assert!(back.config.is_moe() && back.heads().value_head.is_some());
@@ -396,24 +384,9 @@ fn a_non_finite_step_is_skipped_and_leaves_the_weights() {
 }
 
 fn ctx(name: &str, seed: u64) -> StageContext {
-    let s = setup();
     StageContext {
-        eval_file: None,
         rl_eval_file: None,
-        ..StageContext::new(s.root.join(format!("runs-{name}")), name, &s.data, seed)
-    }
-}
-
-fn warmup_cfg(steps: u64, eval_pairs: usize) -> WarmupConfig {
-    WarmupConfig {
-        steps,
-        batch_size: 6,
-        eval_pairs,
-        expert: ExpertOptions {
-            lr: 3e-3,
-            ..ExpertOptions::default()
-        },
-        ..WarmupConfig::default()
+        ..setup().tiny.ctx(&format!("runs-{name}"), name, seed)
     }
 }
 
@@ -435,7 +408,7 @@ fn warmup_raises_held_out_accuracy_well_above_chance_over_seeds() {
     let mut finals = Vec::new();
     for seed in [1u64, 2, 3] {
         let c = ctx(&format!("trend-{seed}"), seed);
-        let sum = run_warmup(&warmup_cfg(7, 16), &c, &s.policy).unwrap();
+        let sum = run_warmup(&common::warmup_config(7, 16), &c, &s.policy).unwrap();
         assert_eq!(sum.output, s.policy, "the policy passes through");
         let recs = metrics(&c.run_dir);
         let first = &recs[0];
@@ -469,7 +442,7 @@ fn warmup_raises_held_out_accuracy_well_above_chance_over_seeds() {
 #[test]
 fn warmup_writes_loadable_experts_checkpoints_and_resumes_exactly() {
     let s = setup();
-    let mut cfg = warmup_cfg(4, 4);
+    let mut cfg = common::warmup_config(4, 4);
     cfg.save_every = 2;
     let c = ctx("full", 5);
     let sum = run_warmup(&cfg, &c, &s.policy).unwrap();
@@ -527,7 +500,7 @@ fn warmup_writes_loadable_experts_checkpoints_and_resumes_exactly() {
 #[test]
 fn a_shared_moe_expert_trains_on_both_kinds_of_pairs() {
     let s = setup();
-    let mut cfg = warmup_cfg(2, 4);
+    let mut cfg = common::warmup_config(2, 4);
     cfg.experts = ExpertLayout::Shared;
     cfg.init.path = Some(s.moe.clone());
     let c = ctx("shared", 1);
@@ -548,17 +521,17 @@ fn a_shared_moe_expert_trains_on_both_kinds_of_pairs() {
 fn bad_warmup_inputs_are_named() {
     let s = setup();
     // held-out set as large as the file
-    let mut cfg = warmup_cfg(1, 4);
+    let mut cfg = common::warmup_config(1, 4);
     cfg.eval_pairs = s.pairs.len();
     let err = run_warmup(&cfg, &ctx("bad-eval", 1), &s.policy).unwrap_err();
     assert!(err.to_string().contains("eval_pairs"), "{err}");
     // a broken line names the file and line
-    let good = s.data.warmup.as_ref().unwrap();
+    let good = s.tiny.data.warmup.as_ref().unwrap();
     let bad = good.with_file_name("bad_pairs.jsonl");
     let mut text = std::fs::read_to_string(good).unwrap();
     text.push_str("{\"prompt\": \"q\"}\n");
     std::fs::write(&bad, text).unwrap();
-    let mut cfg = warmup_cfg(1, 4);
+    let mut cfg = common::warmup_config(1, 4);
     cfg.data = Some(bad);
     let err = run_warmup(&cfg, &ctx("bad-line", 1), &s.policy).unwrap_err();
     let msg = err.to_string();
@@ -617,7 +590,7 @@ fn the_warmup_tiny_config_parses() {
 fn the_factory_scores_rl_prompts_with_the_same_context_as_the_warmup() {
     let s = setup();
     let proc = prism::models::processor::Processor::from_dir(&s.policy).unwrap();
-    let rl = s.data.rl_train.as_ref().unwrap();
+    let rl = s.tiny.data.rl_train.as_ref().unwrap();
     let store = Arc::new(PromptStore::load(&proc, rl, Some(6)).unwrap());
     let factory = scorer_factory(&s.dense, &ExpertOptions::default(), store.clone());
     let mut engine = factory(DeviceSpec::Cpu).unwrap();

@@ -177,3 +177,80 @@ impl std::fmt::Display for StageSummary {
         )
     }
 }
+
+/// The skipped-step bookkeeping of a training loop (SFT, warm-up): every skipped (non-finite)
+/// step counts, and too many of them in a row stop the stage with [`StageError::NonFinite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SkipStreak {
+    /// Steps skipped in all (carried over a resume).
+    pub total: u64,
+    /// The current run of consecutive skipped steps (a resume starts a new one).
+    pub in_row: u64,
+}
+
+impl SkipStreak {
+    /// A loop that has skipped `total` steps before (0 on a fresh start).
+    pub fn starting_at(total: u64) -> Self {
+        SkipStreak { total, in_row: 0 }
+    }
+
+    /// Counts one step: a skipped one extends the streak, a taken one ends it.
+    pub fn record(&mut self, skipped: bool) {
+        if skipped {
+            self.total += 1;
+            self.in_row += 1;
+        } else {
+            self.in_row = 0;
+        }
+    }
+
+    /// The error that stops stage `stage` at `step` once `max_in_row` steps in a row were
+    /// skipped.
+    pub fn check(&self, stage: &str, step: u64, max_in_row: u64) -> Result<()> {
+        if self.in_row >= max_in_row {
+            return Err(StageError::NonFinite {
+                stage: stage.to_string(),
+                step,
+                in_row: self.in_row,
+                total: self.total,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_streak_stops_at_the_limit_and_a_taken_step_resets_it() {
+        let mut s = SkipStreak::starting_at(2);
+        s.record(true);
+        s.record(true);
+        assert!(s.check("sft", 4, 3).is_ok());
+        s.record(false);
+        assert_eq!(
+            s,
+            SkipStreak {
+                total: 4,
+                in_row: 0
+            }
+        );
+        for _ in 0..3 {
+            s.record(true);
+        }
+        let err = s.check("sft", 8, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StageError::NonFinite { ref stage, step: 8, in_row: 3, total: 7 } if stage == "sft"
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("3 non-finite steps in a row"),
+            "{err}"
+        );
+    }
+}

@@ -30,7 +30,7 @@ use serde_json::json;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::{self, write_checkpoint_dir};
-use super::{Result, StageContext, StageError, StageSummary, resume};
+use super::{Result, SkipStreak, StageContext, StageError, StageSummary, resume};
 use crate::algo::adamw::{AdamW, LrSchedule, clip_grad_norm};
 use crate::algo::numerics::is_finite;
 use crate::config::{PadSide, SftConfig};
@@ -620,7 +620,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
 
     let n = train.records.len();
     let mut losses = LossWindow::default();
-    let (first_step, mut pos, mut skipped) = match resumed {
+    let (first_step, mut pos, skipped) = match resumed {
         Some(r) => {
             losses.head = r.head_losses;
             losses.tail = r.tail_losses.into();
@@ -638,7 +638,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         ),
     };
     let mut order = epoch_order(n, ctx.seed, pos.epoch);
-    let mut in_row = 0u64;
+    let mut skips = SkipStreak::starting_at(skipped);
     let trainer_state = |step: u64,
                          opt: &AdamW,
                          pos: DataPosition,
@@ -720,13 +720,11 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
             finite = is_finite(&norm)?;
         }
         let lr = cfg.lr * schedule.factor(step as i64 - 1);
+        skips.record(!finite);
         if finite {
             opt.step(lr)?;
-            in_row = 0;
             losses.push(loss);
         } else {
-            skipped += 1;
-            in_row += 1;
             tracing::warn!(stage = %stage, step, loss, grad_norm, "non-finite step skipped");
         }
         opt.zero_grad();
@@ -741,7 +739,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
             ("label_tokens", num_labels as f64),
             ("tokens_per_s", num_tokens as f64 / secs.max(1e-9)),
             ("skipped", f64::from(u8::from(!finite))),
-            ("skipped_total", skipped as f64),
+            ("skipped_total", skips.total as f64),
             ("epoch", pos.epoch as f64),
         ];
         if let Some(e) = &eval
@@ -756,19 +754,12 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
             bar.set_metric("loss", loss);
         }
         bar.set_step(step);
-        if in_row >= cfg.max_bad_steps_in_row {
-            return Err(StageError::NonFinite {
-                stage: stage.clone(),
-                step,
-                in_row,
-                total: skipped,
-            });
-        }
-        let periodic = in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0;
+        skips.check(&stage, step, cfg.max_bad_steps_in_row)?;
+        let periodic = skips.in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0;
         // a shutdown signal: checkpoint now (even mid-streak of skipped steps) and stop
         let stopping = resume::shutdown_requested();
         if (periodic || stopping) && step < cfg.steps {
-            let state = trainer_state(step, &opt, pos, skipped, &losses, last_eval);
+            let state = trainer_state(step, &opt, pos, skips.total, &losses, last_eval);
             // the log reaches the disk before the checkpoint that covers it
             log.sync()?;
             save_checkpoint(
@@ -792,7 +783,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
 
     bar.finish();
     let final_dir = stage_dir.join(checkpoint::FINAL_DIR);
-    let state = trainer_state(cfg.steps, &opt, pos, skipped, &losses, last_eval);
+    let state = trainer_state(cfg.steps, &opt, pos, skips.total, &losses, last_eval);
     log.sync()?;
     save_checkpoint(&final_dir, &model, input, &opt, &state, cfg)?;
 
@@ -802,7 +793,7 @@ pub fn run_sft(cfg: &SftConfig, ctx: &StageContext, input: &Path) -> Result<Stag
         output: final_dir,
         experts: None,
         steps: cfg.steps,
-        skipped_steps: skipped,
+        skipped_steps: skips.total,
         first_loss: losses.first_mean(),
         last_loss: losses.last_mean(),
         first_eval_loss: first_eval,

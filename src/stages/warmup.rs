@@ -31,7 +31,7 @@ use super::expert::{
     BtReport, PromptContext, PromptContexts, QwenScorer, build_tiny_expert, write_dir_atomically,
 };
 use super::sft::{DataPosition, OPTIMIZER_STATE, TRAINER_STATE, epoch_order};
-use super::{Result, StageContext, StageError, StageSummary};
+use super::{Result, SkipStreak, StageContext, StageError, StageSummary};
 use crate::actors::messages::{BtPair, Segment};
 use crate::algo::adamw::LrSchedule;
 use crate::config::{ExpertLayout, WarmupConfig};
@@ -377,7 +377,7 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
         evals.push(e);
     }
 
-    let (first_step, mut pos, mut skipped) = match &resumed {
+    let (first_step, mut pos, skipped) = match &resumed {
         Some((_, st)) => (st.step + 1, st.position, st.skipped_steps),
         None => (
             1,
@@ -390,7 +390,7 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
     };
     let mut order = epoch_order(n_train, ctx.seed, pos.epoch);
     let mut losses: Vec<f64> = Vec::new();
-    let mut in_row = 0u64;
+    let mut skips = SkipStreak::starting_at(skipped);
     let mut last_eval = None;
     let mut bar = crate::report::progress::global().stage(&stage, cfg.steps);
     bar.set_step(first_step.saturating_sub(1));
@@ -448,11 +448,8 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
                 m.insert(format!("lb_loss_{role}"), lb);
             }
         }
-        if step_skipped {
-            skipped += 1;
-            in_row += 1;
-        } else {
-            in_row = 0;
+        skips.record(step_skipped);
+        if !step_skipped {
             losses.push(loss);
         }
         let secs = t0.elapsed().as_secs_f64();
@@ -482,19 +479,12 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
         log.log(&stage, &ctx.arm, step, m)
             .map_err(|e| invalid(e.to_string()))?;
         bar.set_step(step);
-        if in_row >= cfg.max_bad_steps_in_row {
-            return Err(StageError::NonFinite {
-                stage: stage.clone(),
-                step,
-                in_row,
-                total: skipped,
-            });
-        }
+        skips.check(&stage, step, cfg.max_bad_steps_in_row)?;
         let state = |step: u64, e: Option<EvalResult>| WarmupState {
             stage: stage.clone(),
             input: input.to_path_buf(),
             step,
-            skipped_steps: skipped,
+            skipped_steps: skips.total,
             seed: ctx.seed,
             data: data.clone(),
             train_pairs: n_train,
@@ -504,7 +494,8 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
             eval_cap_acc: e.map(|e| e.cap_acc),
             eval_cot_acc: e.map(|e| e.cot_acc),
         };
-        if in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0 && step < cfg.steps {
+        if skips.in_row == 0 && cfg.save_every > 0 && step % cfg.save_every == 0 && step < cfg.steps
+        {
             save_experts(
                 &stage_dir.join(format!("checkpoint-{step}")),
                 &experts,
@@ -534,7 +525,7 @@ pub fn run_warmup(cfg: &WarmupConfig, ctx: &StageContext, input: &Path) -> Resul
         output: input.to_path_buf(),
         experts: Some(stage_dir.join("final")),
         steps: cfg.steps,
-        skipped_steps: skipped,
+        skipped_steps: skips.total,
         first_loss: mean(&losses[..k]),
         last_loss: mean(&losses[losses.len() - k..]),
         first_eval_loss: evals.first().map(eval_loss),

@@ -1,5 +1,6 @@
 //! Shared helpers of the actor and stage tests: a small config, stage spec, a recording
-//! checkpoint hook, and synthetic data with a tiny policy for stage tests.
+//! checkpoint hook, synthetic data with a tiny policy for stage tests, and that policy SFT'd on
+//! the demonstrations with experts warmed up from it (the starting point of alignment tests).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -103,5 +104,91 @@ pub fn tiny_setup(text: &str, policy_dir: &str) -> TinySetup {
         root,
         data,
         init,
+    }
+}
+
+impl TinySetup {
+    /// The context of stage `name` of run `root/<run>` (no held-out SFT file, so no eval loss).
+    pub fn ctx(&self, run: &str, name: &str, seed: u64) -> prism::stages::StageContext {
+        prism::stages::StageContext {
+            eval_file: None,
+            ..prism::stages::StageContext::new(self.root.join(run), name, &self.data, seed)
+        }
+    }
+}
+
+/// The SFT of the stage tests' trained policies: `steps` steps of 8 demonstrations at lr 3e-3.
+pub fn sft_config(steps: u64) -> prism::config::SftConfig {
+    prism::config::SftConfig {
+        name: Some("sft".into()),
+        steps,
+        batch_size: 8,
+        lr: 3e-3,
+        warmup_ratio: 0.05,
+        max_length: 1024,
+        ..prism::config::SftConfig::default()
+    }
+}
+
+/// The warm-up of the stage tests' experts: `steps` steps of 6 pairs at lr 3e-3, the last
+/// `eval_pairs` lines held out.
+pub fn warmup_config(steps: u64, eval_pairs: usize) -> prism::config::WarmupConfig {
+    prism::config::WarmupConfig {
+        name: Some("warmup".into()),
+        steps,
+        batch_size: 6,
+        eval_pairs,
+        expert: prism::stages::expert::ExpertOptions {
+            lr: 3e-3,
+            ..prism::stages::expert::ExpertOptions::default()
+        },
+        ..prism::config::WarmupConfig::default()
+    }
+}
+
+/// A [`TinySetup`] whose policy was SFT'd on the demonstrations, and dedicated experts warmed
+/// up from that policy on the warm-up pairs.
+pub struct TrainedSetup {
+    pub tiny: TinySetup,
+    /// The SFT'd policy.
+    pub policy: std::path::PathBuf,
+    /// The warmed-up experts' folder (`perception/`, `reasoning/`).
+    pub experts: std::path::PathBuf,
+}
+
+/// [`tiny_setup`] of `text`, then `sft_steps` of SFT ([`sft_config`]) and `warmup_steps` of
+/// warm-up ([`warmup_config`], nothing held out), in run `setup/` of the temporary folder.
+pub fn trained_setup(text: &str, sft_steps: u64, warmup_steps: u64) -> TrainedSetup {
+    use prism::stages::{sft::run_sft, warmup::run_warmup};
+    let tiny = tiny_setup(text, "init");
+    let t = std::time::Instant::now();
+    let policy = run_sft(
+        &sft_config(sft_steps),
+        &tiny.ctx("setup", "sft", 0),
+        &tiny.init,
+    )
+    .unwrap()
+    .output;
+    eprintln!(
+        "setup: SFT {sft_steps} steps in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let experts = run_warmup(
+        &warmup_config(warmup_steps, 0),
+        &tiny.ctx("setup", "warmup", 0),
+        &policy,
+    )
+    .unwrap()
+    .experts
+    .unwrap();
+    eprintln!(
+        "setup: warm-up {warmup_steps} steps in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    TrainedSetup {
+        tiny,
+        policy,
+        experts,
     }
 }

@@ -6,6 +6,10 @@
 //! its own `StdRng` seeded from `(seed, row)`, so a request is reproducible whatever other threads
 //! do. The draw is an inverse-CDF lookup on the device (`searchsorted`), only `[B]` numbers cross
 //! to the host per step. Finished rows are dropped from the cache.
+//!
+//! [`generate_with`] calls back once per generated token (row, id); the caller may halt a row
+//! there (a server's per-request limits, stop strings, a client gone). [`generate`] is it with a
+//! callback that never halts.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -67,6 +71,8 @@ pub enum StopReason {
     Stop { token_id: i64, logprob: f32 },
     /// `max_new_tokens` (or the model context) was reached.
     Length,
+    /// The `on_token` callback of [`generate_with`] halted the row after its last token.
+    Halted,
 }
 
 /// One generated continuation.
@@ -159,6 +165,18 @@ pub fn generate(
     model: &Qwen3Vl,
     inputs: &ModelInputs,
     cfg: &GenerationConfig,
+) -> Result<Vec<GenerationOutput>> {
+    generate_with(model, inputs, cfg, &mut |_, _| true)
+}
+
+/// [`generate`], calling `on_token(row, id)` once per generated token (stop tokens excluded),
+/// right after it joined `row`'s output. Returning `false` halts that row: it keeps the token,
+/// ends with [`StopReason::Halted`] and leaves the batch (its cache row is dropped) at once.
+pub fn generate_with(
+    model: &Qwen3Vl,
+    inputs: &ModelInputs,
+    cfg: &GenerationConfig,
+    on_token: &mut dyn FnMut(usize, i64) -> bool,
 ) -> Result<Vec<GenerationOutput>> {
     let _guard = tch::no_grad_guard();
     let (b, s) = inputs.input_ids.size2().map_err(|_| {
@@ -260,8 +278,12 @@ pub fn generate(
             } else {
                 o.token_ids.push(ids[i]);
                 o.logprobs.push(lps[i]);
-                keep.push(i as i64);
-                next_ids.push(ids[i]);
+                if on_token(row, ids[i]) {
+                    keep.push(i as i64);
+                    next_ids.push(ids[i]);
+                } else {
+                    o.stop_reason = StopReason::Halted;
+                }
             }
         }
         if keep.is_empty() || step + 1 == max_new {

@@ -5,19 +5,22 @@
 //!
 //! - `POST /v1/chat/completions`: messages with string content or `text` / `image_url` parts
 //!   (images as `data:` base64 URLs only; the server fetches nothing), `temperature`, `top_p`,
-//!   `max_tokens` / `max_completion_tokens`, `n`, `stop`, `seed`, `stream` (SSE chunks, then
-//!   `data: [DONE]`; the answer is generated whole first, then sent as one chunk per token).
+//!   `max_tokens` / `max_completion_tokens`, `n`, `stop`, `seed`, `stream` (SSE chunks sent as
+//!   the tokens are generated, then `data: [DONE]`). Each row stops at its own `max_tokens` or
+//!   first stop string; a client that disconnects halts its rows.
 //! - `GET /v1/models`, `GET /health` (`/health` needs no key).
 //!
 //! # Layout
 //!
 //! - [`api`]: request parsing and validation, response and error bodies.
 //! - [`batcher`]: the batcher task and the model's compute thread.
+//! - [`stream`]: the live SSE answer of a streamed request.
 //! - this file: the CLI arguments, the axum router (auth, body limit, metrics), start-up and
 //!   graceful shutdown on SIGINT/SIGTERM (in-flight requests are answered first).
 
 pub mod api;
 pub mod batcher;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,14 +30,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::api::{ApiError, Choice, RequestLimits};
+use self::api::{ApiError, Choice, RequestLimits, StreamIds};
 use self::batcher::{BatchLimits, GenJob};
 use crate::actors::config::DeviceSpec;
 use crate::models::generate_cli::load_processor;
@@ -310,12 +313,25 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
 
     let prompt_tokens = prompt.input_ids.len();
     let (tx, rx) = oneshot::channel();
+    let (stream_tx, stream_rx) = if req.stream {
+        let (t, r) = mpsc::unbounded_channel();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
+    // Dropped with this handler (non-streamed) or with the SSE body (streamed): either way the
+    // job's rows halt once nobody waits for them.
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
     let job = GenJob {
         prompt,
         n: req.n,
         sampling: req.sampling,
         max_new_tokens: req.max_tokens,
         seed: req.seed.unwrap_or_else(rand::random),
+        stop: req.stop.clone(),
+        stream: stream_tx,
+        cancel,
         reply: tx,
     };
     state
@@ -323,17 +339,42 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
         .send(job)
         .await
         .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    let id = format!(
+        "chatcmpl-{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    );
+    let created = unix_now();
+    if let Some(tokens) = stream_rx {
+        let events = stream::events(stream::StreamRequest {
+            ids: StreamIds {
+                id,
+                created,
+                model: state.model_name.clone(),
+                include_usage: req.include_usage,
+            },
+            n: req.n,
+            stop: req.stop,
+            prompt_tokens,
+            processor: state.processor.clone(),
+            tokens,
+            reply: rx,
+            cancel: guard,
+        });
+        return Ok(Sse::new(events).into_response());
+    }
     let outputs = rx
         .await
         .map_err(|_| ApiError::unavailable("the server is shutting down"))?
         .map_err(ApiError::server)?;
+    drop(guard);
 
     let st = state.clone();
-    let (stop, stream) = (req.stop.clone(), req.stream);
+    let stop = req.stop;
     let choices: Vec<Choice> = tokio::task::spawn_blocking(move || {
         outputs
             .into_iter()
-            .map(|o| batcher::make_choice(&st.processor, o, &stop, stream))
+            .map(|o| batcher::make_choice(&st.processor, o, &stop))
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -342,29 +383,6 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
     metrics::counter!(telemetry::SERVE_PROMPT_TOKENS_TOTAL).increment(prompt_tokens as u64);
     metrics::counter!(telemetry::SERVE_COMPLETION_TOKENS_TOTAL).increment(completion as u64);
-
-    let id = format!(
-        "chatcmpl-{:016x}{:08x}",
-        rand::random::<u64>(),
-        rand::random::<u32>()
-    );
-    let created = unix_now();
-    if req.stream {
-        let payloads = api::stream_payloads(
-            &id,
-            created,
-            &state.model_name,
-            &choices,
-            prompt_tokens,
-            req.include_usage,
-        );
-        let events = futures::stream::iter(
-            payloads
-                .into_iter()
-                .map(|p| Ok::<Event, std::convert::Infallible>(Event::default().data(p))),
-        );
-        return Ok(Sse::new(events).into_response());
-    }
     let body = api::completion_body(&id, created, &state.model_name, &choices, prompt_tokens);
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }

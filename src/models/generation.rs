@@ -385,4 +385,41 @@ mod tests {
         assert!((counts[2] as f64 / 4000.0 - 0.6).abs() < 0.03, "{counts:?}");
         assert!((counts[0] as f64 / 4000.0 - 0.1).abs() < 0.02, "{counts:?}");
     }
+
+    #[test]
+    fn a_halted_row_keeps_its_tokens_and_the_others_run_on_unchanged() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/qwen3_vl/tiny-qwen3-vl");
+        let model = Qwen3Vl::load(&dir, tch::Device::Cpu, Kind::Float).unwrap();
+        let ids =
+            Tensor::from_slice(&[11i64, 12, 13, 14, 21, 22, 23, 24, 31, 32, 33, 34]).view([3, 4]);
+        let inputs = ModelInputs::text(ids, Tensor::ones([3, 4], (Kind::Int64, tch::Device::Cpu)));
+        let cfg = GenerationConfig {
+            max_new_tokens: 8,
+            ..GenerationConfig::default()
+        };
+        let plain = generate(&model, &inputs, &cfg).unwrap();
+        assert!(plain.iter().all(|o| o.token_ids.len() == 8));
+        // Row 1 halts at its 3rd token, row 2 at its 1st; every token is reported once.
+        let mut seen: Vec<Vec<i64>> = vec![Vec::new(); 3];
+        let mut on_token = |row: usize, id: i64| {
+            seen[row].push(id);
+            !(row == 1 && seen[row].len() == 3 || row == 2)
+        };
+        let halted = generate_with(&model, &inputs, &cfg, &mut on_token).unwrap();
+        assert_eq!(seen[0], plain[0].token_ids);
+        assert_eq!(seen[1], plain[1].token_ids[..3]);
+        assert_eq!(seen[2], plain[2].token_ids[..1]);
+        // Row 0 decodes in a smaller batch once the others left: same tokens, log-probs equal
+        // up to float rounding.
+        assert_eq!(halted[0].token_ids, plain[0].token_ids);
+        assert_eq!(halted[0].stop_reason, StopReason::Length);
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        assert!(close(&halted[0].logprobs, &plain[0].logprobs));
+        for (r, k) in [(1, 3), (2, 1)] {
+            assert_eq!(halted[r].token_ids, plain[r].token_ids[..k]);
+            assert!(close(&halted[r].logprobs, &plain[r].logprobs[..k]));
+            assert_eq!(halted[r].stop_reason, StopReason::Halted);
+        }
+    }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::Sse;
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -240,7 +240,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 
 async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let t0 = Instant::now();
-    let response = match chat_inner(&state, request).await {
+    let response = match chat_inner(&state, request, t0).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -256,11 +256,22 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response 
         "status" => response.status().as_u16().to_string()
     )
     .increment(1);
-    metrics::histogram!(telemetry::SERVE_REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+    // A stream records its duration when its last event is out.
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        metrics::histogram!(telemetry::SERVE_REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+    }
     response
 }
 
-async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
+async fn chat_inner(
+    state: &Arc<AppState>,
+    request: Request,
+    t0: Instant,
+) -> Result<Response, ApiError> {
     check_auth(state, request.headers())?;
     let limit = state.max_body_bytes;
     let declared = request
@@ -360,8 +371,11 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
             tokens,
             reply: rx,
             cancel: guard,
+            arrived: t0,
         });
-        return Ok(Sse::new(events).into_response());
+        return Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response());
     }
     let outputs = rx
         .await

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::response::sse::Event;
 use futures::Stream;
@@ -55,6 +56,8 @@ pub struct StreamRequest {
     pub reply: oneshot::Receiver<Result<Vec<GenerationOutput>, String>>,
     /// Cancels the request's job when the stream is dropped.
     pub cancel: DropGuard,
+    /// When the request arrived (for the request-seconds histogram).
+    pub arrived: Instant,
 }
 
 /// The SSE events of `req`. A task produces them; the returned stream owns the request's
@@ -70,6 +73,7 @@ pub fn events(req: StreamRequest) -> impl Stream<Item = Result<Event, Infallible
         tokens,
         reply,
         cancel,
+        arrived,
     } = req;
     tokio::spawn(feed(
         tx,
@@ -79,6 +83,7 @@ pub fn events(req: StreamRequest) -> impl Stream<Item = Result<Event, Infallible
             stop,
             prompt_tokens,
             processor,
+            arrived,
         },
         tokens,
         reply,
@@ -95,6 +100,7 @@ struct Feed {
     stop: Vec<String>,
     prompt_tokens: usize,
     processor: Arc<Processor>,
+    arrived: Instant,
 }
 
 /// Writes the payloads of one stream into `out`; returns early when the reader is gone.
@@ -184,6 +190,7 @@ async fn feed(
         send!(usage_chunk(&f.ids, f.prompt_tokens, &choices));
     }
     send!("[DONE]".to_string());
+    metrics::histogram!(telemetry::SERVE_REQUEST_SECONDS).record(f.arrived.elapsed().as_secs_f64());
 }
 
 /// Ends a started stream with an OpenAI-style error event.
@@ -195,6 +202,143 @@ async fn error_event(out: &mpsc::Sender<String>, message: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::models::generation::StopReason;
+
+    fn processor() -> Arc<Processor> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/qwen3_vl/tiny-qwen3-vl");
+        Arc::new(Processor::from_dir(dir).unwrap())
+    }
+
+    fn tokens(p: &Processor, text: &str) -> Vec<i64> {
+        p.tokenizer
+            .encode(text)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect()
+    }
+
+    /// Runs [`feed`] over `rows` (one token list per choice, sent interleaved), with `reply` as
+    /// the batcher's answer; returns every payload.
+    async fn run_feed(
+        p: Arc<Processor>,
+        rows: &[Vec<i64>],
+        stop: &[String],
+        reply: Result<Vec<GenerationOutput>, String>,
+    ) -> Vec<String> {
+        let (out_tx, mut out_rx) = mpsc::channel(1024);
+        let (tok_tx, tok_rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let f = Feed {
+            ids: StreamIds {
+                id: "chatcmpl-t".into(),
+                created: 1,
+                model: "m".into(),
+                include_usage: true,
+            },
+            n: rows.len(),
+            stop: stop.to_vec(),
+            prompt_tokens: 5,
+            processor: p,
+            arrived: Instant::now(),
+        };
+        let task = tokio::spawn(feed(out_tx, f, tok_rx, reply_rx));
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+        for k in 0..longest {
+            for (i, r) in rows.iter().enumerate() {
+                if let Some(&t) = r.get(k) {
+                    tok_tx.send((i, t)).unwrap();
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(tok_tx);
+        reply_tx.send(reply).unwrap();
+        task.await.unwrap();
+        let mut payloads = Vec::new();
+        while let Ok(p) = out_rx.try_recv() {
+            payloads.push(p);
+        }
+        payloads
+    }
+
+    fn output(ids: &[i64], stop_reason: StopReason) -> GenerationOutput {
+        GenerationOutput {
+            token_ids: ids.to_vec(),
+            logprobs: vec![0.0; ids.len()],
+            stop_reason,
+        }
+    }
+
+    fn deltas(payloads: &[String], index: u64) -> Vec<String> {
+        payloads
+            .iter()
+            .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .filter(|c| c["choices"][0]["index"] == index)
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_never_sends_text_past_a_stop_string() {
+        let p = processor();
+        let a = tokens(&p, "alpha beta ✓ gamma delta");
+        let b = tokens(&p, "多字节 words here");
+        let stop = stops(&[" gamma", "zzz"]);
+        let reply = Ok(vec![
+            output(&a, StopReason::Halted),
+            output(&b, StopReason::Length),
+        ]);
+        let payloads = run_feed(p.clone(), &[a.clone(), b.clone()], &stop, reply).await;
+        assert_eq!(payloads.last().unwrap(), "[DONE]");
+        let chunks: Vec<serde_json::Value> = payloads[..payloads.len() - 1]
+            .iter()
+            .map(|x| serde_json::from_str(x).unwrap())
+            .collect();
+        // Role chunks of both choices first.
+        for (i, c) in chunks[..2].iter().enumerate() {
+            assert_eq!(c["choices"][0]["index"], i);
+            assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
+        }
+        let d0 = deltas(&payloads, 0);
+        assert_eq!(d0.concat(), "alpha beta ✓");
+        assert!(d0.len() > 2, "sent as generated: {d0:?}");
+        // Choice 1 streamed piece by piece, no piece splitting a character.
+        let d1 = deltas(&payloads, 1);
+        assert_eq!(d1.concat(), "多字节 words here");
+        assert!(d1.iter().all(|t| !t.contains('\u{FFFD}')), "{d1:?}");
+        let finish: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+            .collect();
+        assert_eq!(finish, ["stop", "length"]);
+        let usage = &chunks.last().unwrap()["usage"];
+        let want = make_choice(&p, output(&a, StopReason::Halted), &stop)
+            .unwrap()
+            .completion_tokens
+            + b.len();
+        assert_eq!(usage["completion_tokens"], want);
+        assert_eq!(usage["prompt_tokens"], 5);
+    }
+
+    #[tokio::test]
+    async fn a_generation_error_after_the_start_ends_with_an_error_event() {
+        let p = processor();
+        let a = tokens(&p, "some text");
+        let payloads = run_feed(p, &[a], &[], Err("generation failed: boom".into())).await;
+        let last: serde_json::Value = serde_json::from_str(payloads.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["message"], "generation failed: boom");
+        assert_eq!(last["error"]["type"], "server_error");
+        assert!(!payloads.iter().any(|p| p == "[DONE]"));
+        assert_eq!(deltas(&payloads, 0).concat(), "some text");
+    }
 
     fn stops(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

@@ -291,6 +291,8 @@ mod tests {
         let p = processor();
         let a = tokens(&p, "alpha beta ✓ gamma delta");
         let b = tokens(&p, "多字节 words here");
+        // Some token of b ends inside a character: the case the stream must hold back.
+        assert!((1..b.len()).any(|k| decode_ids(&p, &b[..k]).unwrap().ends_with('\u{FFFD}')));
         let stop = stops(&[" gamma", "zzz"]);
         let reply = Ok(vec![
             output(&a, StopReason::Halted),

@@ -7,7 +7,8 @@
 //! `PRISM_BENCH_THREADS` (libtorch threads of the server, default 2), `PRISM_BENCH_REQUESTS`
 //! (requests per concurrency level, default 64), `PRISM_BENCH_MAX_TOKENS` (default 32),
 //! `PRISM_BENCH_MAX_BATCH` (the server's `--max-batch`, default 32), `PRISM_BENCH_MAX_WAIT_MS`
-//! (its `--max-wait-ms`, default 5).
+//! (its `--max-wait-ms`, default 5), `PRISM_BENCH_STREAM=1` (requests with `stream: true`; the
+//! first-delta column is then the time to the first content delta, otherwise the whole answer).
 //!
 //! Run: `cargo bench --bench serve [-- DIR]`.
 
@@ -95,9 +96,47 @@ struct Level {
     secs: f64,
     tokens: u64,
     latencies: Vec<f64>,
+    first: Vec<f64>,
 }
 
-async fn run_level(url: &str, prompts: &[String], concurrency: usize, max_tokens: usize) -> Level {
+/// Sends one streamed request; returns (seconds to the first content delta, completion tokens).
+async fn streamed(client: &reqwest::Client, url: &str, body: &Value) -> (f64, u64) {
+    let t = Instant::now();
+    let mut resp = client.post(url).json(body).send().await.expect("request");
+    let (mut buf, mut first, mut tokens) = (String::new(), None, None);
+    while let Some(chunk) = resp.chunk().await.expect("stream") {
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        while let Some(at) = buf.find("\n\n") {
+            let event: String = buf.drain(..at + 2).collect();
+            for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if data == "[DONE]" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(data).expect("JSON chunk");
+                let delta = &v["choices"][0]["delta"]["content"];
+                if first.is_none() && delta.as_str().is_some_and(|d| !d.is_empty()) {
+                    first = Some(t.elapsed().as_secs_f64());
+                }
+                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                    tokens = Some(n);
+                }
+            }
+        }
+    }
+    let total = t.elapsed().as_secs_f64();
+    (
+        first.unwrap_or(total),
+        tokens.expect("a usage chunk in the stream"),
+    )
+}
+
+async fn run_level(
+    url: &str,
+    prompts: &[String],
+    concurrency: usize,
+    max_tokens: usize,
+    stream: bool,
+) -> Level {
     let client = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
@@ -110,12 +149,19 @@ async fn run_level(url: &str, prompts: &[String], concurrency: usize, max_tokens
                 if i >= prompts.len() {
                     return out;
                 }
-                let body = json!({
+                let mut body = json!({
                     "messages": [{"role": "user", "content": prompts[i]}],
                     "temperature": 0,
                     "max_tokens": max_tokens,
                 });
                 let t = Instant::now();
+                if stream {
+                    body["stream"] = json!(true);
+                    body["stream_options"] = json!({"include_usage": true});
+                    let (first, tokens) = streamed(&client, url, &body).await;
+                    out.push((t.elapsed().as_secs_f64(), first, tokens));
+                    continue;
+                }
                 let v: Value = client
                     .post(url)
                     .json(&body)
@@ -128,11 +174,12 @@ async fn run_level(url: &str, prompts: &[String], concurrency: usize, max_tokens
                 let tokens = v["usage"]["completion_tokens"]
                     .as_u64()
                     .unwrap_or_else(|| panic!("no usage in {v}"));
-                out.push((t.elapsed().as_secs_f64(), tokens));
+                let secs = t.elapsed().as_secs_f64();
+                out.push((secs, secs, tokens));
             }
         }
     });
-    let results: Vec<(f64, u64)> = futures::future::join_all(workers)
+    let results: Vec<(f64, f64, u64)> = futures::future::join_all(workers)
         .await
         .into_iter()
         .flatten()
@@ -140,12 +187,15 @@ async fn run_level(url: &str, prompts: &[String], concurrency: usize, max_tokens
     let secs = t0.elapsed().as_secs_f64();
     let mut latencies: Vec<f64> = results.iter().map(|r| r.0).collect();
     latencies.sort_by(f64::total_cmp);
+    let mut first: Vec<f64> = results.iter().map(|r| r.1).collect();
+    first.sort_by(f64::total_cmp);
     Level {
         concurrency,
         requests: results.len(),
         secs,
-        tokens: results.iter().map(|r| r.1).sum(),
+        tokens: results.iter().map(|r| r.2).sum(),
         latencies,
+        first,
     }
 }
 
@@ -167,6 +217,7 @@ fn main() {
     let max_tokens = env_usize("PRISM_BENCH_MAX_TOKENS", 32);
     let max_batch = env_usize("PRISM_BENCH_MAX_BATCH", 32);
     let max_wait = env_usize("PRISM_BENCH_MAX_WAIT_MS", 5);
+    let stream = env_usize("PRISM_BENCH_STREAM", 0) != 0;
     let (_server, base) = start(&model, threads, max_batch, max_wait);
     let url = format!("{base}/v1/chat/completions");
     let prompts = prompts(n);
@@ -176,28 +227,31 @@ fn main() {
         .build()
         .expect("tokio runtime");
     // Warm-up: the first batches allocate.
-    rt.block_on(run_level(&url, &prompts[..8.min(n)], 8, max_tokens));
+    rt.block_on(run_level(&url, &prompts[..8.min(n)], 8, max_tokens, stream));
     println!(
         "prism serve, {} on CPU, {threads} libtorch threads, --max-batch {max_batch}, \
-         --max-wait-ms {max_wait}; {n} greedy requests per level, max_tokens {max_tokens}",
+         --max-wait-ms {max_wait}; {n} greedy requests per level, max_tokens {max_tokens}{}",
         model
             .file_name()
-            .map_or("model".into(), |f| f.to_string_lossy())
+            .map_or("model".into(), |f| f.to_string_lossy()),
+        if stream { ", streamed" } else { "" },
     );
     println!();
     println!(
-        "| concurrency | requests/s | generated tokens/s | p50 latency (ms) | p95 latency (ms) |"
+        "| concurrency | requests/s | generated tokens/s | p50 latency (ms) | p95 latency (ms) \
+         | p50 first delta (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for c in LEVELS {
-        let l = rt.block_on(run_level(&url, &prompts, c, max_tokens));
+        let l = rt.block_on(run_level(&url, &prompts, c, max_tokens, stream));
         println!(
-            "| {} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
             l.concurrency,
             l.requests as f64 / l.secs,
             l.tokens as f64 / l.secs,
             pct(&l.latencies, 0.5) * 1e3,
             pct(&l.latencies, 0.95) * 1e3,
+            pct(&l.first, 0.5) * 1e3,
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -6,6 +6,10 @@
 //! its own `StdRng` seeded from `(seed, row)`, so a request is reproducible whatever other threads
 //! do. The draw is an inverse-CDF lookup on the device (`searchsorted`), only `[B]` numbers cross
 //! to the host per step. Finished rows are dropped from the cache.
+//!
+//! [`generate_with`] calls back once per generated token (row, id); the caller may halt a row
+//! there (a server's per-request limits, stop strings, a client gone). [`generate`] is it with a
+//! callback that never halts.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -67,6 +71,8 @@ pub enum StopReason {
     Stop { token_id: i64, logprob: f32 },
     /// `max_new_tokens` (or the model context) was reached.
     Length,
+    /// The `on_token` callback of [`generate_with`] halted the row after its last token.
+    Halted,
 }
 
 /// One generated continuation.
@@ -159,6 +165,18 @@ pub fn generate(
     model: &Qwen3Vl,
     inputs: &ModelInputs,
     cfg: &GenerationConfig,
+) -> Result<Vec<GenerationOutput>> {
+    generate_with(model, inputs, cfg, &mut |_, _| true)
+}
+
+/// [`generate`], calling `on_token(row, id)` once per generated token (stop tokens excluded),
+/// right after it joined `row`'s output. Returning `false` halts that row: it keeps the token,
+/// ends with [`StopReason::Halted`] and leaves the batch (its cache row is dropped) at once.
+pub fn generate_with(
+    model: &Qwen3Vl,
+    inputs: &ModelInputs,
+    cfg: &GenerationConfig,
+    on_token: &mut dyn FnMut(usize, i64) -> bool,
 ) -> Result<Vec<GenerationOutput>> {
     let _guard = tch::no_grad_guard();
     let (b, s) = inputs.input_ids.size2().map_err(|_| {
@@ -260,8 +278,12 @@ pub fn generate(
             } else {
                 o.token_ids.push(ids[i]);
                 o.logprobs.push(lps[i]);
-                keep.push(i as i64);
-                next_ids.push(ids[i]);
+                if on_token(row, ids[i]) {
+                    keep.push(i as i64);
+                    next_ids.push(ids[i]);
+                } else {
+                    o.stop_reason = StopReason::Halted;
+                }
             }
         }
         if keep.is_empty() || step + 1 == max_new {
@@ -362,5 +384,42 @@ mod tests {
         assert_eq!(counts[1], 0);
         assert!((counts[2] as f64 / 4000.0 - 0.6).abs() < 0.03, "{counts:?}");
         assert!((counts[0] as f64 / 4000.0 - 0.1).abs() < 0.02, "{counts:?}");
+    }
+
+    #[test]
+    fn a_halted_row_keeps_its_tokens_and_the_others_run_on_unchanged() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/qwen3_vl/tiny-qwen3-vl");
+        let model = Qwen3Vl::load(&dir, tch::Device::Cpu, Kind::Float).unwrap();
+        let ids =
+            Tensor::from_slice(&[11i64, 12, 13, 14, 21, 22, 23, 24, 31, 32, 33, 34]).view([3, 4]);
+        let inputs = ModelInputs::text(ids, Tensor::ones([3, 4], (Kind::Int64, tch::Device::Cpu)));
+        let cfg = GenerationConfig {
+            max_new_tokens: 8,
+            ..GenerationConfig::default()
+        };
+        let plain = generate(&model, &inputs, &cfg).unwrap();
+        assert!(plain.iter().all(|o| o.token_ids.len() == 8));
+        // Row 1 halts at its 3rd token, row 2 at its 1st; every token is reported once.
+        let mut seen: Vec<Vec<i64>> = vec![Vec::new(); 3];
+        let mut on_token = |row: usize, id: i64| {
+            seen[row].push(id);
+            !(row == 1 && seen[row].len() == 3 || row == 2)
+        };
+        let halted = generate_with(&model, &inputs, &cfg, &mut on_token).unwrap();
+        assert_eq!(seen[0], plain[0].token_ids);
+        assert_eq!(seen[1], plain[1].token_ids[..3]);
+        assert_eq!(seen[2], plain[2].token_ids[..1]);
+        // Row 0 decodes in a smaller batch once the others left: same tokens, log-probs equal
+        // up to float rounding.
+        assert_eq!(halted[0].token_ids, plain[0].token_ids);
+        assert_eq!(halted[0].stop_reason, StopReason::Length);
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        assert!(close(&halted[0].logprobs, &plain[0].logprobs));
+        for (r, k) in [(1, 3), (2, 1)] {
+            assert_eq!(halted[r].token_ids, plain[r].token_ids[..k]);
+            assert!(close(&halted[r].logprobs, &plain[r].logprobs[..k]));
+            assert_eq!(halted[r].stop_reason, StopReason::Halted);
+        }
     }
 }

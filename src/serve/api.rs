@@ -515,9 +515,6 @@ impl FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     pub text: String,
-    /// Text pieces whose concatenation is `text` (one per generated token that added text),
-    /// the deltas of a streamed answer.
-    pub pieces: Vec<String>,
     pub finish_reason: FinishReason,
     pub completion_tokens: usize,
 }
@@ -554,53 +551,45 @@ fn usage(prompt: usize, completion: usize) -> Value {
     })
 }
 
-/// The `data:` payloads of a streamed answer, `[DONE]` last: per choice a role chunk, one
-/// chunk per text piece and a chunk with the finish reason; then the usage chunk if asked.
-pub fn stream_payloads(
-    id: &str,
-    created: u64,
-    model: &str,
-    choices: &[Choice],
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> Vec<String> {
-    let chunk = |index: usize, delta: Value, finish: Option<&str>| {
-        let mut c = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if include_usage {
-            c["usage"] = Value::Null;
-        }
-        c.to_string()
-    };
-    let mut out = Vec::new();
-    for (i, c) in choices.iter().enumerate() {
-        out.push(chunk(i, json!({"role": "assistant", "content": ""}), None));
-        for p in &c.pieces {
-            out.push(chunk(i, json!({"content": p}), None));
-        }
-        out.push(chunk(i, json!({}), Some(c.finish_reason.as_str())));
+/// What every chunk of one streamed answer shares.
+#[derive(Debug, Clone)]
+pub struct StreamIds {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    /// `stream_options.include_usage`: every chunk then has `"usage": null`, and a last chunk
+    /// without choices carries the usage.
+    pub include_usage: bool,
+}
+
+/// The `data:` payload of one chunk of choice `index`: a `delta` (`{"role": …}` first, then
+/// `{"content": …}`), or `{}` with the finish reason last.
+pub fn stream_chunk(ids: &StreamIds, index: usize, delta: Value, finish: Option<&str>) -> String {
+    let mut c = json!({
+        "id": ids.id,
+        "object": "chat.completion.chunk",
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    });
+    if ids.include_usage {
+        c["usage"] = Value::Null;
     }
-    if include_usage {
-        let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
-        out.push(
-            json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage(prompt_tokens, completion),
-            })
-            .to_string(),
-        );
-    }
-    out.push("[DONE]".to_string());
-    out
+    c.to_string()
+}
+
+/// The usage chunk that ends a stream with `include_usage` (before `[DONE]`).
+pub fn usage_chunk(ids: &StreamIds, prompt_tokens: usize, choices: &[Choice]) -> String {
+    let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    json!({
+        "id": ids.id,
+        "object": "chat.completion.chunk",
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion),
+    })
+    .to_string()
 }
 
 #[cfg(test)]
@@ -768,25 +757,35 @@ mod tests {
     }
 
     #[test]
-    fn stream_payloads_concatenate_and_end_with_done() {
+    fn stream_chunks_have_the_openai_shape() {
+        let ids = StreamIds {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            include_usage: true,
+        };
+        let c: Value =
+            serde_json::from_str(&stream_chunk(&ids, 1, json!({"content": "ab"}), None)).unwrap();
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["choices"][0]["index"], 1);
+        assert_eq!(c["choices"][0]["delta"]["content"], "ab");
+        assert!(c["choices"][0]["finish_reason"].is_null());
+        assert!(c.get("usage").is_some_and(Value::is_null));
         let choices = vec![Choice {
             text: "ab".into(),
-            pieces: vec!["a".into(), "b".into()],
             finish_reason: FinishReason::Length,
             completion_tokens: 2,
         }];
-        let p = stream_payloads("id", 1, "m", &choices, 3, true);
-        assert_eq!(p.last().unwrap(), "[DONE]");
-        let chunks: Vec<Value> = p[..p.len() - 1]
-            .iter()
-            .map(|s| serde_json::from_str(s).unwrap())
-            .collect();
-        let text: String = chunks
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
-        assert_eq!(text, "ab");
-        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "length");
-        assert_eq!(chunks[4]["usage"]["total_tokens"], 5);
+        let u: Value = serde_json::from_str(&usage_chunk(&ids, 3, &choices)).unwrap();
+        assert_eq!(u["usage"]["total_tokens"], 5);
+        assert_eq!(u["choices"].as_array().unwrap().len(), 0);
+        let plain = StreamIds {
+            include_usage: false,
+            ..ids
+        };
+        let c: Value =
+            serde_json::from_str(&stream_chunk(&plain, 0, json!({}), Some("stop"))).unwrap();
+        assert_eq!(c["choices"][0]["finish_reason"], "stop");
+        assert!(c.get("usage").is_none());
     }
 }

@@ -3,8 +3,10 @@
 //! settings, and runs one left-padded [`generate`] per group on the model's dedicated compute
 //! thread (the model is built there and never leaves it). Each request's `n` rows stay
 //! together and sample with their own seeds (`seed + choice index`), so a request gets the same
-//! answer whichever batch it lands in. Also owns the decoding of a finished row into an OpenAI
-//! choice (stop strings, streamed text pieces).
+//! answer whichever batch it lands in. Rows halt early, each on its own: at its request's
+//! `max_tokens`, at its request's first stop string, or when its client went away; the tokens
+//! of streamed requests go to their channel as they are generated. Also owns the decoding of a
+//! finished row into an OpenAI choice (stop strings, token counts).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +15,14 @@ use std::time::Duration;
 use tch::{Device, Kind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::api::{Choice, FinishReason};
 use crate::actors::compute::{BusyMeter, ComputeError, ComputeThread};
 use crate::actors::engine::EngineResult;
 use crate::models::Qwen3Vl;
 use crate::models::generate_cli::{decode_output, generation_config, max_prompt_len, model_inputs};
-use crate::models::generation::{GenerationOutput, Sampling, StopReason, generate};
+use crate::models::generation::{GenerationOutput, Sampling, StopReason, generate_with};
 use crate::models::processor::{EncodedPrompt, PaddingSide, Processor};
 use crate::telemetry;
 
@@ -29,17 +32,36 @@ pub struct ServeModel {
     pub processor: Arc<Processor>,
 }
 
+/// One generated token of a streamed request: the choice (row of the request) and the id.
+pub type StreamToken = (usize, i64);
+
 /// One request waiting for generation.
 pub struct GenJob {
     pub prompt: EncodedPrompt,
     /// Rows (choices) of this request.
     pub n: usize,
     pub sampling: Sampling,
+    /// A row halts once it has this many tokens.
     pub max_new_tokens: usize,
     /// Seed of choice 0; choice `i` uses `seed + i`.
     pub seed: u64,
+    /// A row halts once its decoded text contains one of these.
+    pub stop: Vec<String>,
+    /// Streamed requests: every generated token of every row, as it is generated.
+    pub stream: Option<mpsc::UnboundedSender<StreamToken>>,
+    /// Cancelled when the client went away: the request's rows halt.
+    pub cancel: CancellationToken,
     /// One output per choice, or why generation failed.
     pub reply: oneshot::Sender<Result<Vec<GenerationOutput>, String>>,
+}
+
+impl GenJob {
+    /// Whether nobody waits for this job's answer any more.
+    fn abandoned(&self) -> bool {
+        self.cancel.is_cancelled()
+            || self.reply.is_closed()
+            || self.stream.as_ref().is_some_and(|s| s.is_closed())
+    }
 }
 
 /// Batching limits.
@@ -140,23 +162,53 @@ pub async fn run_batcher(
     }
 }
 
-/// One `generate` call for jobs that share their sampling settings.
+/// Prometheus counter: tokens the model generated, counted as they are generated (rows that
+/// halt early stop adding to it).
+pub const SERVE_GENERATED_TOKENS_TOTAL: &str = "prism_serve_generated_tokens_total";
+/// Prometheus gauge: requests whose rows are being generated right now.
+pub const SERVE_REQUESTS_GENERATING: &str = "prism_serve_requests_generating";
+
+/// What the compute thread needs of a job to decide when its rows halt.
+struct RowLimits {
+    max_new_tokens: usize,
+    stop: Vec<String>,
+    stream: Option<mpsc::UnboundedSender<StreamToken>>,
+    cancel: CancellationToken,
+}
+
+/// One `generate` call for jobs that share their sampling settings. Each row halts at its own
+/// request's `max_tokens`, at its request's first stop string, or when its client went away;
+/// streamed requests get every token as it is generated.
 async fn run_group(compute: &ComputeThread<ServeModel>, group: Vec<GenJob>) {
     // Jobs whose client went away need no rows.
-    let group: Vec<GenJob> = group.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    let group: Vec<GenJob> = group.into_iter().filter(|j| !j.abandoned()).collect();
     if group.is_empty() {
         return;
     }
+    let generating = metrics::gauge!(SERVE_REQUESTS_GENERATING);
+    generating.increment(group.len() as f64);
     let sampling = group[0].sampling;
     let max_new = group.iter().map(|j| j.max_new_tokens).max().unwrap_or(1);
     let mut prompts = Vec::new();
     let mut seeds = Vec::new();
-    for j in &group {
+    // Row r belongs to job `owner[r].0`, as its choice `owner[r].1`.
+    let mut owner = Vec::new();
+    for (k, j) in group.iter().enumerate() {
         for i in 0..j.n {
             prompts.push(j.prompt.clone());
             seeds.push(j.seed.wrapping_add(i as u64));
+            owner.push((k, i));
         }
     }
+    let limits: Vec<RowLimits> = group
+        .iter()
+        .map(|j| RowLimits {
+            max_new_tokens: j.max_new_tokens,
+            stop: j.stop.clone(),
+            stream: j.stream.clone(),
+            cancel: j.cancel.clone(),
+        })
+        .collect();
     metrics::histogram!(telemetry::SERVE_BATCH_ROWS).record(prompts.len() as f64);
     let result = compute
         .run(move |m: &mut ServeModel| {
@@ -164,96 +216,107 @@ async fn run_group(compute: &ComputeThread<ServeModel>, group: Vec<GenJob>) {
             let inputs = model_inputs(&enc, m.model.device())?;
             let mut cfg = generation_config(&m.processor, sampling, max_new, 0);
             cfg.row_seeds = Some(seeds);
-            Ok(generate(&m.model, &inputs, &cfg)?)
+            let processor = &m.processor;
+            let generated = metrics::counter!(SERVE_GENERATED_TOKENS_TOTAL);
+            let mut counts = vec![0usize; owner.len()];
+            let mut ids: Vec<Vec<i64>> = vec![Vec::new(); owner.len()];
+            let mut on_token = |row: usize, id: i64| -> bool {
+                generated.increment(1);
+                let (job, choice) = owner[row];
+                let lim = &limits[job];
+                if let Some(tx) = &lim.stream
+                    && tx.send((choice, id)).is_err()
+                {
+                    return false; // the stream's reader is gone
+                }
+                counts[row] += 1;
+                if lim.cancel.is_cancelled() || counts[row] >= lim.max_new_tokens {
+                    return false;
+                }
+                if !lim.stop.is_empty() {
+                    ids[row].push(id);
+                    // A decoding error is reported by `make_choice` on the final output.
+                    if let Ok(text) = decode_ids(processor, &ids[row])
+                        && lim.stop.iter().any(|s| text.contains(s.as_str()))
+                    {
+                        return false;
+                    }
+                }
+                true
+            };
+            Ok(generate_with(&m.model, &inputs, &cfg, &mut on_token)?)
         })
         .await;
     match result {
         Ok(outputs) => {
             let mut outputs = outputs.into_iter();
             for j in group {
-                let mut mine: Vec<GenerationOutput> = outputs.by_ref().take(j.n).collect();
-                for o in &mut mine {
-                    // The group ran to its longest request's limit: cut this one to its own.
-                    if o.token_ids.len() > j.max_new_tokens {
-                        o.token_ids.truncate(j.max_new_tokens);
-                        o.logprobs.truncate(j.max_new_tokens);
-                        o.stop_reason = StopReason::Length;
-                    }
-                }
+                let mine: Vec<GenerationOutput> = outputs.by_ref().take(j.n).collect();
                 let _ = j.reply.send(Ok(mine));
+                generating.decrement(1.0);
             }
         }
         Err(e) => {
             tracing::error!("serve: generation failed for a batch: {e}");
             for j in group {
                 let _ = j.reply.send(Err(format!("generation failed: {e}")));
+                generating.decrement(1.0);
             }
         }
     }
 }
 
+/// The text of generated ids (special tokens skipped), as a choice shows it.
+pub fn decode_ids(processor: &Processor, ids: &[i64]) -> Result<String, String> {
+    let out = GenerationOutput {
+        token_ids: ids.to_vec(),
+        logprobs: Vec::new(),
+        stop_reason: StopReason::Length,
+    };
+    decode_output(processor, out)
+        .map(|r| r.text)
+        .map_err(|e| format!("decoding the output: {e}"))
+}
+
 /// Turns one generated row into a choice: decoded text cut at the first stop string (then
-/// `finish_reason` is `stop` and the tokens counted are those up to the cut), and, with
-/// `pieces`, the text each token adds (what a stream sends).
+/// `finish_reason` is `stop` and the tokens counted are those up to the cut). A row halted by
+/// the batcher ended at its `max_tokens` unless a stop string cut it (or its client is gone).
 pub fn make_choice(
     processor: &Processor,
     out: GenerationOutput,
     stop: &[String],
-    pieces: bool,
 ) -> Result<Choice, String> {
     let natural = match out.stop_reason {
         StopReason::Stop { .. } => FinishReason::Stop,
-        StopReason::Length => FinishReason::Length,
+        StopReason::Length | StopReason::Halted => FinishReason::Length,
     };
     let ids = out.token_ids;
-    let decode = |k: usize| -> Result<String, String> {
-        let prefix = GenerationOutput {
-            token_ids: ids[..k].to_vec(),
-            logprobs: Vec::new(),
-            stop_reason: StopReason::Length,
-        };
-        decode_output(processor, prefix)
-            .map(|r| r.text)
-            .map_err(|e| format!("decoding the output: {e}"))
-    };
-    let full = decode(ids.len())?;
+    let full = decode_ids(processor, &ids)?;
     let cut = stop.iter().filter_map(|s| full.find(s.as_str())).min();
-    let (text, finish) = match cut {
-        Some(at) => (full[..at].to_string(), FinishReason::Stop),
-        None => (full, natural),
+    let Some(at) = cut else {
+        return Ok(Choice {
+            text: full,
+            finish_reason: natural,
+            completion_tokens: ids.len(),
+        });
     };
-    let mut out_pieces = Vec::new();
-    let mut tokens = ids.len();
-    if pieces || cut.is_some() {
-        // The text each token adds while the decoded prefix stays a prefix of `text` (a token
-        // can end inside a multi-byte character; its text then comes with a later token).
-        let mut done = 0usize;
+    let text = full[..at].to_string();
+    // The tokens counted: the shortest prefix whose text covers `text` (a token can end inside
+    // a multi-byte character; its text then comes with a later token).
+    let mut tokens = 0;
+    if !text.is_empty() {
+        tokens = ids.len();
         for k in 1..=ids.len() {
-            if done >= text.len() && cut.is_some() {
-                tokens = k - 1;
+            let t = decode_ids(processor, &ids[..k])?;
+            if t.len() >= text.len() && t.starts_with(text.as_str()) {
+                tokens = k;
                 break;
             }
-            let t = decode(k)?;
-            let end = t.len().min(text.len());
-            if end > done
-                && let Some(prefix) = t.get(..end)
-                && text.starts_with(prefix)
-            {
-                out_pieces.push(text[done..end].to_string());
-                done = end;
-            }
         }
-        if done < text.len() {
-            out_pieces.push(text[done..].to_string());
-        }
-    }
-    if !pieces {
-        out_pieces.clear();
     }
     Ok(Choice {
         text,
-        pieces: out_pieces,
-        finish_reason: finish,
+        finish_reason: FinishReason::Stop,
         completion_tokens: tokens,
     })
 }
@@ -284,23 +347,37 @@ mod tests {
     }
 
     #[test]
-    fn pieces_concatenate_to_the_text_even_across_multibyte_characters() {
+    fn multibyte_text_decodes_whole() {
         let p = processor();
         let text = "héllo wörld ✓ 多字节 done";
         let o = output(&p, text, StopReason::Length);
         let n = o.token_ids.len();
-        let c = make_choice(&p, o.clone(), &[], true).unwrap();
+        let c = make_choice(&p, o.clone(), &[]).unwrap();
         assert_eq!(c.text, text);
-        assert_eq!(c.pieces.concat(), text);
-        assert!(c.pieces.len() > 5 && c.pieces.iter().all(|s| !s.is_empty()));
         assert_eq!(
             (c.finish_reason, c.completion_tokens),
             (FinishReason::Length, n)
         );
-        // Without pieces (not streamed): same text, no pieces.
-        let plain = make_choice(&p, o, &[], false).unwrap();
-        assert_eq!(plain.text, text);
-        assert!(plain.pieces.is_empty());
+        // A row the batcher halted (its max_tokens) ends with `length`.
+        let mut halted = o;
+        halted.stop_reason = StopReason::Halted;
+        let c = make_choice(&p, halted, &[]).unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.finish_reason),
+            (text, FinishReason::Length)
+        );
+        // A stop string after a multi-byte character counts the tokens that complete it.
+        let c = make_choice(&p, output(&p, text, StopReason::Length), &[" done".into()]).unwrap();
+        assert_eq!(c.text, "héllo wörld ✓ 多字节");
+        let want = (1..=n)
+            .find(|&k| {
+                decode_ids(&p, &output(&p, text, StopReason::Length).token_ids[..k])
+                    .unwrap()
+                    .starts_with(c.text.as_str())
+            })
+            .unwrap();
+        assert_eq!(c.completion_tokens, want);
+        assert!(want < n);
     }
 
     #[test]
@@ -309,13 +386,12 @@ mod tests {
         let text = "alpha beta gamma beta delta";
         let o = output(&p, text, StopReason::Length);
         let n = o.token_ids.len();
-        let c = make_choice(&p, o.clone(), &["gamma".into(), " beta".into()], true).unwrap();
+        let c = make_choice(&p, o.clone(), &["gamma".into(), " beta".into()]).unwrap();
         assert_eq!(c.text, "alpha");
-        assert_eq!(c.pieces.concat(), "alpha");
         assert_eq!(c.finish_reason, FinishReason::Stop);
         assert!(c.completion_tokens >= 1 && c.completion_tokens < n, "{c:?}");
         // A stop string that never appears changes nothing; a stop token ends with `stop`.
-        let c = make_choice(&p, o, &["zzz".into()], false).unwrap();
+        let c = make_choice(&p, o, &["zzz".into()]).unwrap();
         assert_eq!(
             (c.text.as_str(), c.finish_reason),
             (text, FinishReason::Length)
@@ -324,18 +400,11 @@ mod tests {
             token_id: 402,
             logprob: 0.0,
         };
-        let c = make_choice(&p, output(&p, "ok", eos), &[], false).unwrap();
+        let c = make_choice(&p, output(&p, "ok", eos), &[]).unwrap();
         assert_eq!(c.finish_reason, FinishReason::Stop);
         // A stop string at the very start leaves nothing.
-        let c = make_choice(
-            &p,
-            output(&p, text, StopReason::Length),
-            &["alpha".into()],
-            true,
-        )
-        .unwrap();
+        let c = make_choice(&p, output(&p, text, StopReason::Length), &["alpha".into()]).unwrap();
         assert_eq!((c.text.as_str(), c.completion_tokens), ("", 0));
-        assert!(c.pieces.is_empty());
     }
 
     #[test]

@@ -5,19 +5,22 @@
 //!
 //! - `POST /v1/chat/completions`: messages with string content or `text` / `image_url` parts
 //!   (images as `data:` base64 URLs only; the server fetches nothing), `temperature`, `top_p`,
-//!   `max_tokens` / `max_completion_tokens`, `n`, `stop`, `seed`, `stream` (SSE chunks, then
-//!   `data: [DONE]`; the answer is generated whole first, then sent as one chunk per token).
+//!   `max_tokens` / `max_completion_tokens`, `n`, `stop`, `seed`, `stream` (SSE chunks sent as
+//!   the tokens are generated, then `data: [DONE]`). Each row stops at its own `max_tokens` or
+//!   first stop string; a client that disconnects halts its rows.
 //! - `GET /v1/models`, `GET /health` (`/health` needs no key).
 //!
 //! # Layout
 //!
 //! - [`api`]: request parsing and validation, response and error bodies.
 //! - [`batcher`]: the batcher task and the model's compute thread.
+//! - [`stream`]: the live SSE answer of a streamed request.
 //! - this file: the CLI arguments, the axum router (auth, body limit, metrics), start-up and
 //!   graceful shutdown on SIGINT/SIGTERM (in-flight requests are answered first).
 
 pub mod api;
 pub mod batcher;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,14 +30,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::api::{ApiError, Choice, RequestLimits};
+use self::api::{ApiError, Choice, RequestLimits, StreamIds};
 use self::batcher::{BatchLimits, GenJob};
 use crate::actors::config::DeviceSpec;
 use crate::models::generate_cli::load_processor;
@@ -237,7 +240,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 
 async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let t0 = Instant::now();
-    let response = match chat_inner(&state, request).await {
+    let response = match chat_inner(&state, request, t0).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -253,11 +256,22 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response 
         "status" => response.status().as_u16().to_string()
     )
     .increment(1);
-    metrics::histogram!(telemetry::SERVE_REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+    // A stream records its duration when its last event is out.
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        metrics::histogram!(telemetry::SERVE_REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+    }
     response
 }
 
-async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
+async fn chat_inner(
+    state: &Arc<AppState>,
+    request: Request,
+    t0: Instant,
+) -> Result<Response, ApiError> {
     check_auth(state, request.headers())?;
     let limit = state.max_body_bytes;
     let declared = request
@@ -310,12 +324,25 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
 
     let prompt_tokens = prompt.input_ids.len();
     let (tx, rx) = oneshot::channel();
+    let (stream_tx, stream_rx) = if req.stream {
+        let (t, r) = mpsc::unbounded_channel();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
+    // Dropped with this handler (non-streamed) or with the SSE body (streamed): either way the
+    // job's rows halt once nobody waits for them.
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
     let job = GenJob {
         prompt,
         n: req.n,
         sampling: req.sampling,
         max_new_tokens: req.max_tokens,
         seed: req.seed.unwrap_or_else(rand::random),
+        stop: req.stop.clone(),
+        stream: stream_tx,
+        cancel,
         reply: tx,
     };
     state
@@ -323,17 +350,45 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
         .send(job)
         .await
         .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    let id = format!(
+        "chatcmpl-{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    );
+    let created = unix_now();
+    if let Some(tokens) = stream_rx {
+        let events = stream::events(stream::StreamRequest {
+            ids: StreamIds {
+                id,
+                created,
+                model: state.model_name.clone(),
+                include_usage: req.include_usage,
+            },
+            n: req.n,
+            stop: req.stop,
+            prompt_tokens,
+            processor: state.processor.clone(),
+            tokens,
+            reply: rx,
+            cancel: guard,
+            arrived: t0,
+        });
+        return Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
     let outputs = rx
         .await
         .map_err(|_| ApiError::unavailable("the server is shutting down"))?
         .map_err(ApiError::server)?;
+    drop(guard);
 
     let st = state.clone();
-    let (stop, stream) = (req.stop.clone(), req.stream);
+    let stop = req.stop;
     let choices: Vec<Choice> = tokio::task::spawn_blocking(move || {
         outputs
             .into_iter()
-            .map(|o| batcher::make_choice(&st.processor, o, &stop, stream))
+            .map(|o| batcher::make_choice(&st.processor, o, &stop))
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -342,29 +397,6 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
     metrics::counter!(telemetry::SERVE_PROMPT_TOKENS_TOTAL).increment(prompt_tokens as u64);
     metrics::counter!(telemetry::SERVE_COMPLETION_TOKENS_TOTAL).increment(completion as u64);
-
-    let id = format!(
-        "chatcmpl-{:016x}{:08x}",
-        rand::random::<u64>(),
-        rand::random::<u32>()
-    );
-    let created = unix_now();
-    if req.stream {
-        let payloads = api::stream_payloads(
-            &id,
-            created,
-            &state.model_name,
-            &choices,
-            prompt_tokens,
-            req.include_usage,
-        );
-        let events = futures::stream::iter(
-            payloads
-                .into_iter()
-                .map(|p| Ok::<Event, std::convert::Infallible>(Event::default().data(p))),
-        );
-        return Ok(Sse::new(events).into_response());
-    }
     let body = api::completion_body(&id, created, &state.model_name, &choices, prompt_tokens);
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }

@@ -73,6 +73,11 @@ pub const SERVE_COMPLETION_TOKENS_TOTAL: &str = "prism_serve_completion_tokens_t
 pub const SERVE_BATCH_ROWS: &str = "prism_serve_batch_rows";
 /// `prism serve`: seconds from a chat completion request's arrival to its last byte of answer.
 pub const SERVE_REQUEST_SECONDS: &str = "prism_serve_request_seconds";
+/// `prism serve`: tokens the model generated, counted as they are generated (rows that halt
+/// early at a stop string, their own `max_tokens` or a client that went away stop adding).
+pub const SERVE_GENERATED_TOKENS_TOTAL: &str = "prism_serve_generated_tokens_total";
+/// `prism serve`: requests whose rows are being generated right now.
+pub const SERVE_REQUESTS_GENERATING: &str = "prism_serve_requests_generating";
 
 /// Training and evaluation quality per step, from every record written to the run's metrics
 /// log (labels `stage`, `arm`; the discriminator's per-expert values are separate series of the
@@ -309,6 +314,8 @@ pub const ALL: &[&str] = &[
     SERVE_COMPLETION_TOKENS_TOTAL,
     SERVE_BATCH_ROWS,
     SERVE_REQUEST_SECONDS,
+    SERVE_GENERATED_TOKENS_TOTAL,
+    SERVE_REQUESTS_GENERATING,
 ];
 
 /// The `stage`, `actor`, `device` labels of an actor's metrics.
@@ -480,6 +487,15 @@ pub fn describe_all() {
         SERVE_BATCH_ROWS,
         Unit::Count,
         "prism serve: rows of each batched generate call"
+    );
+    describe_counter!(
+        SERVE_GENERATED_TOKENS_TOTAL,
+        Unit::Count,
+        "prism serve: tokens generated, counted as they are generated"
+    );
+    describe_gauge!(
+        SERVE_REQUESTS_GENERATING,
+        "prism serve: requests whose rows are being generated right now"
     );
     describe_histogram!(
         SERVE_REQUEST_SECONDS,

@@ -91,6 +91,8 @@ fn kinds() -> Vec<(&'static str, Kind, Labels)> {
         (telemetry::SERVE_COMPLETION_TOKENS_TOTAL, Counter, vec![]),
         (telemetry::SERVE_BATCH_ROWS, Histogram, vec![]),
         (telemetry::SERVE_REQUEST_SECONDS, Histogram, vec![]),
+        (telemetry::SERVE_GENERATED_TOKENS_TOTAL, Counter, vec![]),
+        (telemetry::SERVE_REQUESTS_GENERATING, Gauge, vec![]),
     ];
     // Training quality, exported from every metrics-log record (telemetry::record_step).
     let run = vec![("stage", "align"), ("arm", "prism")];

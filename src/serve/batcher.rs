@@ -162,11 +162,7 @@ pub async fn run_batcher(
     }
 }
 
-/// Prometheus counter: tokens the model generated, counted as they are generated (rows that
-/// halt early stop adding to it).
-pub const SERVE_GENERATED_TOKENS_TOTAL: &str = "prism_serve_generated_tokens_total";
-/// Prometheus gauge: requests whose rows are being generated right now.
-pub const SERVE_REQUESTS_GENERATING: &str = "prism_serve_requests_generating";
+use crate::telemetry::{SERVE_GENERATED_TOKENS_TOTAL, SERVE_REQUESTS_GENERATING};
 
 /// What the compute thread needs of a job to decide when its rows halt.
 struct RowLimits {

@@ -19,7 +19,6 @@ use std::time::Instant;
 use prism::actors::config::DeviceSpec;
 use prism::models::generation::{GenerationConfig, Sampling, generate};
 use prism::models::{AttnImpl, ModelInputs, Qwen3Vl};
-use prism::stages::rl::policy::tch_device;
 use tch::{Kind, Tensor};
 
 const PROMPT_LEN: usize = 32;
@@ -128,11 +127,10 @@ fn main() {
         Ok(other) => panic!("PRISM_BENCH_ATTN={other:?}: use sdpa or eager"),
     };
     let device_name = std::env::var("PRISM_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let device = tch_device(
-        device_name
-            .parse::<DeviceSpec>()
-            .unwrap_or_else(|e| panic!("PRISM_BENCH_DEVICE: {e}")),
-    );
+    let device: tch::Device = device_name
+        .parse::<DeviceSpec>()
+        .unwrap_or_else(|e| panic!("PRISM_BENCH_DEVICE: {e}"))
+        .into();
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(threads as i32);
     let _guard = tch::no_grad_guard();

@@ -30,7 +30,6 @@ use prism::algo::adamw::{AdamW, clip_grad_norm};
 use prism::algo::numerics::is_finite;
 use prism::config::SftConfig;
 use prism::models::{AttnImpl, ModelInputs, Qwen3Vl, Qwen3VlConfig};
-use prism::stages::rl::policy::tch_device;
 use prism::stages::sft::{IGNORE_INDEX, SftBatch, summed_token_loss};
 use tch::{Device, Kind, Tensor};
 
@@ -232,11 +231,10 @@ fn main() {
         other => panic!("PRISM_BENCH_ATTN={other:?}: use sdpa or eager"),
     };
     let device_name = env("PRISM_BENCH_DEVICE", String::from("cpu"));
-    let device = tch_device(
-        device_name
-            .parse::<DeviceSpec>()
-            .unwrap_or_else(|e| panic!("PRISM_BENCH_DEVICE: {e}")),
-    );
+    let device: tch::Device = device_name
+        .parse::<DeviceSpec>()
+        .unwrap_or_else(|e| panic!("PRISM_BENCH_DEVICE: {e}"))
+        .into();
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(threads as i32);
 

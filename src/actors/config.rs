@@ -30,6 +30,15 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
+impl From<DeviceSpec> for tch::Device {
+    fn from(d: DeviceSpec) -> Self {
+        match d {
+            DeviceSpec::Cpu => tch::Device::Cpu,
+            DeviceSpec::Cuda(i) => tch::Device::Cuda(i),
+        }
+    }
+}
+
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

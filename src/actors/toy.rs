@@ -56,13 +56,6 @@ pub fn random_delay(seed: u64, lo: Duration, hi: Duration) -> Delay {
     })
 }
 
-fn device(d: DeviceSpec) -> Device {
-    match d {
-        DeviceSpec::Cpu => Device::Cpu,
-        DeviceSpec::Cuda(i) => Device::Cuda(i),
-    }
-}
-
 /// Counters the toy engines write, for tests to check what really happened.
 #[derive(Debug, Default)]
 pub struct ToyProbe {
@@ -120,7 +113,7 @@ pub fn engines(opts: ToyOptions) -> (Engines, Arc<ToyProbe>) {
         move |d: DeviceSpec| -> EngineResult<Box<dyn PolicyEngine>> {
             pr.built("policy");
             Ok(Box::new(BigramPolicy::new(
-                device(d),
+                d.into(),
                 o.seed,
                 o.generate_delay.clone(),
                 pr.clone(),
@@ -132,7 +125,7 @@ pub fn engines(opts: ToyOptions) -> (Engines, Arc<ToyProbe>) {
         move |d: DeviceSpec| -> EngineResult<Box<dyn LearnerEngine>> {
             pr.built("learner");
             Ok(Box::new(BigramLearner::new(
-                device(d),
+                d.into(),
                 o.seed,
                 o.lr,
                 o.learn_delay.clone(),
@@ -145,7 +138,7 @@ pub fn engines(opts: ToyOptions) -> (Engines, Arc<ToyProbe>) {
         move |d: DeviceSpec| -> EngineResult<Box<dyn ScorerEngine>> {
             pr.built("expert");
             Ok(Box::new(BagScorer::new(
-                device(d),
+                d.into(),
                 o.lr,
                 o.score_delay.clone(),
             )?))

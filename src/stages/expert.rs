@@ -636,14 +636,6 @@ impl ScorerEngine for QwenScorer {
     }
 }
 
-/// The device of a placement.
-fn device_of(d: DeviceSpec) -> Device {
-    match d {
-        DeviceSpec::Cpu => Device::Cpu,
-        DeviceSpec::Cuda(i) => Device::Cuda(i),
-    }
-}
-
 /// The factory of an expert engine loaded from the HF checkpoint `dir` (with a value head and
 /// processor files), on the actor's device, scoring prompts of `store`.
 pub fn scorer_factory(dir: &Path, opts: &ExpertOptions, store: Arc<PromptStore>) -> ScorerFactory {
@@ -653,7 +645,7 @@ pub fn scorer_factory(dir: &Path, opts: &ExpertOptions, store: Arc<PromptStore>)
         move |d: DeviceSpec| -> EngineResult<Box<dyn ScorerEngine>> {
             let kind = opts.kind()?;
             let contexts: Arc<dyn PromptContexts> = store.clone();
-            let s = QwenScorer::load(&dir, device_of(d), kind, &opts, contexts)
+            let s = QwenScorer::load(&dir, d.into(), kind, &opts, contexts)
                 .map_err(|e| format!("expert {}: {e}", dir.display()))?;
             Ok(Box::new(s))
         },

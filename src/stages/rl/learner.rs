@@ -31,7 +31,7 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use super::RlOptions;
-use super::policy::{PromptInputs, load_policy, suppressed_tokens, tch_device};
+use super::policy::{PromptInputs, load_policy, suppressed_tokens};
 use crate::actors::config::DeviceSpec;
 use crate::actors::engine::{EngineResult, LearnerEngine};
 use crate::actors::messages::{ScoredSample, StageKind, StepStats, TrainBatch, WeightsSnapshot};
@@ -223,7 +223,7 @@ impl QwenLearner {
     ) -> EngineResult<Self> {
         let processor = Processor::from_dir(weights_dir)
             .map_err(|e| format!("policy processor {}: {e}", weights_dir.display()))?;
-        let dev = tch_device(device);
+        let dev: Device = device.into();
         let model = load_policy(weights_dir, dev, kind)?;
         let reference = if matches!(opts.loss.kl, KlPenalty::None) {
             None

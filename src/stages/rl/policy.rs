@@ -24,14 +24,6 @@ use crate::models::image_processor::ProcessedImage;
 use crate::models::processor::{EncodedPrompt, PaddingSide, Processor};
 use crate::stages::prompts::PromptStore;
 
-/// The tch device of an actor placement.
-pub fn tch_device(d: DeviceSpec) -> Device {
-    match d {
-        DeviceSpec::Cpu => Device::Cpu,
-        DeviceSpec::Cuda(i) => Device::Cuda(i),
-    }
-}
-
 /// Seed of sample `j` of prompt `uid` (SplitMix64 mixing of the three numbers).
 pub fn sample_seed(seed: u64, uid: u64, j: u32) -> u64 {
     let mut z = seed
@@ -146,7 +138,7 @@ impl QwenPolicy {
     ) -> EngineResult<Self> {
         let processor = Processor::from_dir(dir)
             .map_err(|e| format!("policy processor {}: {e}", dir.display()))?;
-        let model = load_policy(dir, tch_device(device), kind)?;
+        let model = load_policy(dir, device.into(), kind)?;
         Ok(Self::new(model, PromptInputs::new(store, processor)))
     }
 
